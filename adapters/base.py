@@ -1,0 +1,137 @@
+"""The family interface: how one model family turns messages into prompt ids and knows when to stop.
+
+A family class overrides only what differs from its parent. Stop markers are strings, turned into ids
+through the tokenizer at load time, never numbers in code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+class AdapterError(ValueError):
+    """A family cannot build a prompt or resolve a stop marker for this tokenizer."""
+
+
+@dataclass
+class Prompt:
+    """The exact prompt a model sees, plus what ends its reply."""
+
+    input_ids: list[int]
+    stop_token_ids: list[int]
+    stop_strings: list[str] = field(default_factory=list)
+    max_new_tokens: int | None = None  # reply budget left by the context, when known
+    dropped_turns: int = 0  # whole oldest turns left out to fit the context
+
+    def text(self, tokenizer) -> str:
+        return tokenizer.decode(self.input_ids, skip_special_tokens=False)
+
+
+class ChatAdapter:
+    """Base family: subclasses declare strings and override the builder only where upstream differs."""
+
+    family = "base"
+    #: special tokens that end a reply, as strings; unknown ones are ignored at resolve time
+    stop_tokens: Sequence[str] = ()
+    #: plain-text markers that end a reply (held back while they may be forming)
+    stop_strings: Sequence[str] = ()
+    #: used when the conversation has no system message (None: leave it out)
+    default_system: str | None = None
+    #: sampling defaults of the family, below the checkpoint's generation_config
+    generation_defaults: dict[str, Any] = {}
+
+    @classmethod
+    def matches(cls, config: dict, files: set[str], folder) -> bool:
+        """Whether a checkpoint folder (its config.json and file names) belongs to this family."""
+        return False
+
+    # -- prompt -------------------------------------------------------------------------------
+    def build_ids(self, tokenizer, messages: Sequence[Message]) -> list[int]:
+        raise NotImplementedError
+
+    def with_default_system(self, messages: Sequence[Message]) -> list[Message]:
+        messages = [dict(m) for m in messages]
+        if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
+            messages.insert(0, {"role": "system", "content": self.default_system})
+        return messages
+
+    def build_prompt(self, tokenizer, messages: Sequence[Message], context_length: int | None = None,
+                     max_new_tokens: int | None = None, extra_stop_ids: Sequence[int] = ()) -> Prompt:
+        """Prompt ids for `messages`, dropping whole oldest turns only when no room is left for a reply."""
+        validate_messages(messages)
+        messages = self.with_default_system(messages)
+        dropped = 0
+        while True:
+            ids = self.build_ids(tokenizer, messages)
+            budget = max_new_tokens
+            if context_length:
+                room = context_length - len(ids)
+                budget = room if budget is None else min(budget, room)
+                if room <= 0:
+                    messages = drop_oldest_turn(messages)
+                    if messages is None:
+                        raise AdapterError(
+                            f"the message is too long: its prompt takes {len(ids)} tokens and the "
+                            f"model's context is {context_length}")
+                    dropped += 1
+                    continue
+            return Prompt(ids, self.stop_token_ids(tokenizer, extra_stop_ids), list(self.stop_strings), budget, dropped)
+
+    # -- loading ------------------------------------------------------------------------------
+    def load_tokenizer(self, weights):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(weights.location, **weights.pretrained_kwargs())
+
+    def load_model(self, weights, dtype, device: str):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=dtype, **weights.pretrained_kwargs())
+        return model.to(device).eval()
+
+    # -- stops --------------------------------------------------------------------------------
+    def stop_markers(self, tokenizer) -> Sequence[str]:
+        """The stop tokens, as strings, that apply to this tokenizer."""
+        return self.stop_tokens
+
+    def stop_token_ids(self, tokenizer, extra_ids: Sequence[int] = ()) -> list[int]:
+        """Stop markers resolved through the tokenizer, its eos, and ids the checkpoint declares."""
+        ids = [token_id(tokenizer, s) for s in self.stop_markers(tokenizer)]
+        if tokenizer.eos_token is not None and tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        return unique([i for i in [*ids, *extra_ids] if i is not None])
+
+
+def token_id(tokenizer, text: str) -> int | None:
+    """The id of `text` if it is one token of this vocabulary, else None (never the unk id)."""
+    vocab_id = tokenizer.convert_tokens_to_ids(text)
+    if vocab_id is None or vocab_id == tokenizer.unk_token_id and text != tokenizer.unk_token:
+        return None
+    return vocab_id if tokenizer.convert_ids_to_tokens(vocab_id) == text else None
+
+
+def unique(ids) -> list[int]:
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def validate_messages(messages: Sequence[Message]) -> None:
+    if not messages:
+        raise AdapterError("the conversation is empty")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+            raise AdapterError(f"message {i}: expected an object with 'role' and 'content', got {m!r}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise AdapterError(f"message {i}: unknown role {m['role']!r} (system, user or assistant)")
+        if not isinstance(m["content"], str):
+            raise AdapterError(f"message {i}: content must be text")
+
+
+def drop_oldest_turn(messages: list[Message]) -> list[Message] | None:
+    """Remove the oldest user turn with its replies, keeping the system prompt and the last user turn."""
+    start = 1 if messages and messages[0]["role"] == "system" else 0
+    users = [i for i in range(start, len(messages)) if messages[i]["role"] == "user"]
+    if len(users) < 2:
+        return None
+    return messages[:start] + messages[users[1]:]

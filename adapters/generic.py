@@ -1,0 +1,75 @@
+"""The generic family: any Hugging Face chat model whose tokenizer ships a chat template."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .base import AdapterError, ChatAdapter, Message, token_id
+
+# End-of-turn markers used by common chat templates; those the vocabulary has become stop ids.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
+                      "<|endoftext|>", "</s>", "<|user|>", "<|observation|>")
+
+
+class TemplateAdapter(ChatAdapter):
+    """Renders the tokenizer's chat template, then tokenizes it so that message text stays text.
+
+    The rendered string is cut at each message's content: template pieces are tokenized with special
+    tokens recognised, content pieces with `split_special_tokens=True`, so a user who types
+    "<|im_end|>" gets those characters, not a forged turn.
+    """
+
+    family = "generic"
+    stop_tokens = END_OF_TURN_TOKENS
+
+    def render(self, tokenizer, messages: Sequence[Message]) -> str:
+        if not getattr(tokenizer, "chat_template", None):
+            raise AdapterError("this tokenizer has no chat template: choose a family with --family "
+                               "or `family:` in the registry")
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    def build_ids(self, tokenizer, messages: Sequence[Message]) -> list[int]:
+        rendered = self.render(tokenizer, messages)
+        segments = split_contents(rendered, [m["content"] for m in messages])
+        if segments is None:
+            if any(has_special_text(tokenizer, m["content"]) for m in messages):
+                raise AdapterError("the chat template rewrites message text, so special-token text in "
+                                   "a message cannot be kept as text; choose a family explicitly")
+            return encode(tokenizer, rendered, special=True)
+        ids: list[int] = []
+        for text, is_content in segments:
+            ids += encode(tokenizer, text, special=not is_content)
+        return ids
+
+    def stop_markers(self, tokenizer):
+        # Only the end-of-turn markers this template actually writes (eos is always added).
+        template = getattr(tokenizer, "chat_template", None) or ""
+        return [s for s in self.stop_tokens if s in template]
+
+
+def encode(tokenizer, text: str, special: bool) -> list[int]:
+    if not text:
+        return []
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+
+def has_special_text(tokenizer, text: str) -> bool:
+    return any(tok in text for tok in tokenizer.all_special_tokens + list(getattr(tokenizer, "added_tokens_encoder", {})))
+
+
+def split_contents(rendered: str, contents: list[str]) -> list[tuple[str, bool]] | None:
+    """Cut `rendered` into (text, is_content) pieces, finding each content in order (as is or stripped)."""
+    pieces, cursor = [], 0
+    for content in contents:
+        for candidate in (content, content.strip()):
+            at = rendered.find(candidate, cursor) if candidate else cursor
+            if at >= 0:
+                break
+        else:
+            return None
+        pieces += [(rendered[cursor:at], False), (candidate, True)]
+        cursor = at + len(candidate)
+    pieces.append((rendered[cursor:], False))
+    return [p for p in pieces if p[0]]
+
+
+__all__ = ["TemplateAdapter", "token_id"]

@@ -1,0 +1,237 @@
+"""`python -m demo ...`: serve, list, chat, prompt, generate."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from adapters import AdapterError, FAMILIES
+from adapters.weights import WeightsMissing
+
+from .registry import ModelEntry, Registry, RegistryError, UnknownModelError, load_registry
+
+
+class CliError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except (CliError, RegistryError, UnknownModelError, AdapterError, WeightsMissing) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m demo", description="Multi-model chat demo hub")
+    parser.add_argument("--registry", help="registry YAML (default: $HUB_REGISTRY or model_registry.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the web app")
+    serve.add_argument("--host", default=os.environ.get("HUB_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("HUB_PORT", "7860")))
+    serve.add_argument("--memory-budget-gb", type=float, help="evict models above this (default: registry)")
+    serve.add_argument("--preload", action="store_true", help="load the default model before serving")
+    serve.set_defaults(run=cmd_serve)
+
+    lst = sub.add_parser("list", help="list registry entries and whether their weights are here")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(run=cmd_list)
+
+    chat = sub.add_parser("chat", help="chat in the terminal")
+    add_model_args(chat)
+    add_sampling_args(chat)
+    chat.add_argument("--system", help="system prompt")
+    chat.set_defaults(run=cmd_chat)
+
+    prompt = sub.add_parser("prompt", help="show the exact prompt ids and stops (no weights loaded)")
+    add_model_args(prompt)
+    prompt.add_argument("--messages", required=True, help="JSON file: a list of {role, content}")
+    prompt.add_argument("--max-new-tokens", type=int, help="reply budget to reserve in the context")
+    prompt.add_argument("--json", action="store_true")
+    prompt.set_defaults(run=cmd_prompt)
+
+    gen = sub.add_parser("generate", help="generate one reply")
+    add_model_args(gen)
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--messages", help="JSON file: a list of {role, content}")
+    source.add_argument("--prompt", help="one user message")
+    source.add_argument("--input-ids", help="raw prompt ids, comma separated (no template applied)")
+    add_sampling_args(gen)
+    gen.add_argument("--json", action="store_true")
+    gen.set_defaults(run=cmd_generate)
+    return parser
+
+
+def add_model_args(parser) -> None:
+    parser.add_argument("model", help="a registry id or a local checkpoint folder")
+    parser.add_argument("--family", choices=sorted(["auto", *FAMILIES]), default=None,
+                        help="override the family detected from the folder's files")
+
+
+def add_sampling_args(parser) -> None:
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--repetition-penalty", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--greedy", action="store_true",
+                        help="plain argmax: no repetition penalty unless --repetition-penalty is given")
+
+
+# -- model resolution -------------------------------------------------------------------------
+def registry_of(args) -> Registry:
+    return load_registry(args.registry)
+
+
+def entry_for(args) -> ModelEntry:
+    """A registry id, else a local folder (family detected from its files, or --family)."""
+    model = args.model
+    registry = None
+    if not Path(model).exists():
+        registry = registry_of(args)
+    if registry is not None and model in registry:
+        entry = registry.get(model)
+        return entry.model_copy(update={"family": args.family}) if args.family else entry
+    if Path(model).is_dir() or Path(model).is_file():
+        from .loader import folder_entry
+
+        return folder_entry(model, args.family or "auto")
+    known = ", ".join(e.id for e in registry) if registry else "none"
+    raise UnknownModelError(f"{model!r} is neither a registry id ({known}) nor a folder")
+
+
+def params_of(args, defaults):
+    values = {k: getattr(args, k, None) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
+                                                   "repetition_penalty", "seed")}
+    if getattr(args, "greedy", False):
+        values["greedy"] = True
+        if values["repetition_penalty"] is None:
+            values["repetition_penalty"] = 1.0
+    return defaults.override(values)
+
+
+def read_messages(path: str) -> list[dict]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CliError(f"{path}: cannot read messages: {e}") from None
+    if not isinstance(data, list):
+        raise CliError(f"{path}: expected a JSON list of {{role, content}} objects")
+    return data
+
+
+def load_model(entry: ModelEntry):
+    from .loader import load_entry
+
+    return load_entry(entry)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_list(args) -> int:
+    from .manager import ModelManager
+
+    manager = ModelManager(registry_of(args))
+    rows = [dict(id=s.id, name=s.name, status=s.status, detail=s.detail,
+                 family=manager.registry.get(s.id).family) for s in manager.states()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['id']:<24} {row['status']:<12} {row['name']}" + (f"  ({row['detail']})" if row["detail"] else ""))
+    return 0
+
+
+def cmd_prompt(args) -> int:
+    from .loader import load_without_weights
+
+    loaded = load_without_weights(entry_for(args))
+    budget = args.max_new_tokens or loaded.defaults.max_new_tokens
+    prompt = loaded.adapter.build_prompt(loaded.tokenizer, read_messages(args.messages), loaded.context_length,
+                                         budget, loaded.extra_stop_ids)
+    result = {"input_ids": prompt.input_ids, "text": prompt.text(loaded.tokenizer),
+              "stop_token_ids": prompt.stop_token_ids, "stop_strings": prompt.stop_strings,
+              "max_new_tokens": prompt.max_new_tokens, "dropped_turns": prompt.dropped_turns}
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        print(result["text"])
+        print(f"\n[{len(prompt.input_ids)} tokens; stop ids {prompt.stop_token_ids}]", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .engine import stream_chat, stream_ids
+
+    loaded = load_model(entry_for(args))
+    params = params_of(args, loaded.defaults)
+    if args.input_ids:
+        try:
+            ids = [int(x) for x in args.input_ids.split(",") if x.strip()]
+        except ValueError:
+            raise CliError("--input-ids takes comma-separated integers") from None
+        stream = stream_ids(loaded, ids, params)
+    else:
+        messages = read_messages(args.messages) if args.messages else [{"role": "user", "content": args.prompt}]
+        stream = stream_chat(loaded, messages, params)
+    last = None
+    for last in stream:
+        if not args.json:
+            print(last.delta, end="", flush=True)
+    if args.json:
+        print(json.dumps({"prompt_ids": last.prompt_ids, "output_ids": last.output_ids, "text": last.text,
+                          "finish_reason": last.finish_reason, "error": last.error,
+                          "stats": asdict(last.stats)}, ensure_ascii=False))
+    else:
+        print(f"\n[{last.finish_reason}; {last.stats.summary()}]", file=sys.stderr)
+    return 1 if last.finish_reason == "error" else 0
+
+
+def cmd_chat(args) -> int:
+    from .engine import CancelToken, stream_chat
+
+    loaded = load_model(entry_for(args))
+    params = params_of(args, loaded.defaults)
+    history = [{"role": "system", "content": args.system}] if args.system else []
+    print(f"Chatting with {loaded.id}. Ctrl-C stops a reply; /reset clears; /exit or Ctrl-D quits.")
+    while True:
+        try:
+            text = input("\n> ").strip()
+        except EOFError:
+            return 0
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            history = history[:1] if history and history[0]["role"] == "system" else []
+            continue
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        cancel, last = CancelToken(), None
+        try:
+            for last in stream_chat(loaded, history, params, cancel):
+                print(last.delta, end="", flush=True)
+        except KeyboardInterrupt:
+            cancel.cancel()
+        if last is not None:
+            print(f"\n[{last.finish_reason}; {last.stats.summary()}]" + (f" {last.error}" if last.error else ""))
+            history.append({"role": "assistant", "content": last.text})
+
+
+def cmd_serve(args) -> int:
+    from .app import serve
+
+    return serve(args)

@@ -1,0 +1,138 @@
+"""Turn a registry entry into a LoadedModel: weights, tokenizer, family adapter and merged defaults."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapters import ChatAdapter, detect_family, get_adapter
+from adapters.weights import Weights, resolve
+
+from .params import GenerationParams, from_generation_config
+from .registry import GenerationDefaults, ModelEntry, Source
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    id: str
+    model: object
+    tokenizer: object
+    adapter: ChatAdapter
+    defaults: GenerationParams
+    context_length: int | None
+    extra_stop_ids: list[int] = field(default_factory=list)
+    load_seconds: float = 0.0
+    # One generation at a time per model unless an engine batches them.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def memory_bytes(self) -> int:
+        return model_bytes(self.model)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def model_bytes(model) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.nbytes for t in tensors.values())
+
+
+def pick_device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(choice: str, device: str):
+    if choice != "auto":
+        return DTYPES[choice]
+    # bf16 is both smaller and faster than fp32 for these models on current CPUs and GPUs.
+    return torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+
+
+def folder_entry(folder: str, family: str = "auto") -> ModelEntry:
+    """A registry entry for a local checkpoint folder given on the command line."""
+    path = Path(folder).expanduser().resolve()
+    gguf = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    source = Source(path=str(path), file=gguf[0].name if len(gguf) == 1 and not (path / "config.json").exists() else None)
+    return ModelEntry(id=path.name or "model", name=path.name or str(path), source=source, family=family)
+
+
+def family_of(entry: ModelEntry, weights: Weights | None) -> str:
+    if entry.family != "auto":
+        return entry.family
+    return detect_family(weights.folder if weights else None)
+
+
+def load_tokenizer_only(entry: ModelEntry):
+    """(adapter, tokenizer, config defaults) without reading weights: enough to build prompts."""
+    weights = resolve(entry.source)
+    adapter = get_adapter(family_of(entry, weights))
+    return adapter, adapter.load_tokenizer(weights), weights
+
+
+def load_entry(entry: ModelEntry) -> LoadedModel:
+    started = time.perf_counter()
+    weights = resolve(entry.source)
+    adapter = get_adapter(family_of(entry, weights))
+    device = pick_device(entry.device)
+    tokenizer = adapter.load_tokenizer(weights)
+    model = adapter.load_model(weights, pick_dtype(entry.dtype, device), device)
+    config = getattr(model, "generation_config", None)
+    return LoadedModel(
+        id=entry.id, model=model, tokenizer=tokenizer, adapter=adapter,
+        defaults=merged_defaults(adapter, config, entry.generation),
+        context_length=entry.context_length or context_of(model),
+        extra_stop_ids=eos_ids(config), load_seconds=time.perf_counter() - started)
+
+
+def merged_defaults(adapter: ChatAdapter, config, registry: GenerationDefaults) -> GenerationParams:
+    """Hub defaults < family defaults < the checkpoint's generation_config < the registry entry."""
+    return (GenerationParams().override(adapter.generation_defaults)
+            .override(from_generation_config(config))
+            .override(registry.model_dump()))
+
+
+def eos_ids(config) -> list[int]:
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def context_of(model) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def load_without_weights(entry: ModelEntry) -> LoadedModel:
+    """Tokenizer, adapter, defaults and context from config files only: enough to build prompts."""
+    from transformers import GenerationConfig
+
+    weights = resolve(entry.source)
+    adapter = get_adapter(family_of(entry, weights))
+    tokenizer = adapter.load_tokenizer(weights)
+    config = None
+    if weights.folder is not None and (weights.folder / "generation_config.json").is_file():
+        config = GenerationConfig.from_pretrained(weights.folder)
+    return LoadedModel(
+        id=entry.id, model=None, tokenizer=tokenizer, adapter=adapter,
+        defaults=merged_defaults(adapter, config, entry.generation),
+        context_length=entry.context_length or folder_context(weights), extra_stop_ids=eos_ids(config))
+
+
+def folder_context(weights: Weights) -> int | None:
+    from adapters import read_json
+
+    if weights.folder is None:
+        return None
+    config = read_json(weights.folder / "config.json")
+    return config.get("max_position_embeddings") or config.get("seq_length")

@@ -1,0 +1,146 @@
+"""The model manager: load on first use, one shared load per model, LRU eviction under a memory budget."""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable
+
+from adapters.weights import availability
+
+from .loader import LoadedModel, load_entry
+from .registry import ModelEntry, Registry
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE, NOT_LOADED, LOADING, READY, ERROR = "unavailable", "not loaded", "loading", "ready", "error"
+
+
+class ModelLoadError(RuntimeError):
+    """Loading a model failed; the hub and the other models go on."""
+
+
+@dataclass
+class ModelState:
+    id: str
+    name: str
+    status: str
+    detail: str = ""  # the unavailability reason, the load error, or the load stage
+    memory_bytes: int = 0
+    since: float = 0.0  # when the current status began
+
+
+class ModelManager:
+    def __init__(self, registry: Registry, memory_budget_bytes: int | None = None,
+                 loader: Callable[[ModelEntry], LoadedModel] = load_entry):
+        self.registry = registry
+        self.budget = memory_budget_bytes or int(registry.settings.memory_budget_gb * 2**30)
+        self.loader = loader
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self._loading: dict[str, Future] = {}
+        self._errors: dict[str, str] = {}
+        self._since: dict[str, float] = {}
+        self._lock = threading.RLock()
+
+    # -- use ----------------------------------------------------------------------------------
+    def get(self, model_id: str) -> LoadedModel:
+        """The loaded model, loading it first if needed; concurrent callers share one load."""
+        entry = self.registry.get(model_id)
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            future = self._loading.get(model_id)
+            owner = future is None
+            if owner:
+                future = self._loading[model_id] = Future()
+                self._errors.pop(model_id, None)
+                self._since[model_id] = time.time()
+        if owner:
+            self._load(entry, future)
+        return future.result()
+
+    def _load(self, entry: ModelEntry, future: Future) -> None:
+        log.info("loading %s", entry.id)
+        try:
+            loaded = self.loader(entry)
+        except Exception as e:  # any failure stays with this model
+            message = f"{type(e).__name__}: {e}"
+            log.warning("loading %s failed: %s", entry.id, message)
+            with self._lock:
+                self._errors[entry.id] = message
+                self._since[entry.id] = time.time()
+                del self._loading[entry.id]
+            future.set_exception(ModelLoadError(f"{entry.id}: {message}"))
+            return
+        with self._lock:
+            self._loaded[entry.id] = loaded
+            self._since[entry.id] = time.time()
+            del self._loading[entry.id]
+            self._evict_over_budget(keep=entry.id)
+        future.set_result(loaded)
+
+    def unload(self, model_id: str) -> bool:
+        with self._lock:
+            loaded = self._loaded.pop(model_id, None)
+            self._since[model_id] = time.time()
+        if loaded is None:
+            return False
+        del loaded
+        free_memory()
+        return True
+
+    def _evict_over_budget(self, keep: str) -> None:
+        evicted = []
+        while self.used_bytes() > self.budget:
+            victim = next((mid for mid in self._loaded if mid != keep), None)
+            if victim is None:
+                break
+            evicted.append(self._loaded.pop(victim))
+            self._since[victim] = time.time()
+            log.info("evicted %s to stay under the memory budget", victim)
+        if evicted:
+            evicted.clear()
+            free_memory()
+
+    # -- state --------------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(m.memory_bytes for m in self._loaded.values())
+
+    def loaded_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+    def state(self, model_id: str) -> ModelState:
+        entry = self.registry.get(model_id)
+        with self._lock:
+            since = self._since.get(model_id, 0.0)
+            if model_id in self._loaded:
+                return ModelState(model_id, entry.name, READY, "", self._loaded[model_id].memory_bytes, since)
+            if model_id in self._loading:
+                return ModelState(model_id, entry.name, LOADING, f"loading for {time.time() - since:.0f} s",
+                                  0, since)
+            if model_id in self._errors:
+                return ModelState(model_id, entry.name, ERROR, self._errors[model_id], 0, since)
+        ok, reason = availability(entry.source)
+        return ModelState(model_id, entry.name, NOT_LOADED if ok else UNAVAILABLE, reason, 0, since)
+
+    def states(self) -> list[ModelState]:
+        return [self.state(e.id) for e in self.registry]
+
+
+def free_memory() -> None:
+    """Return freed tensors' memory: collect reference cycles, then empty the CUDA cache."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

@@ -1,0 +1,226 @@
+"""The model registry: `model_registry.yaml` read into typed records that reject unknown keys.
+
+Every error names the file, the line and the key, e.g.
+`model_registry.yaml:14: models[1].dtype: input should be 'auto', 'float32', 'bfloat16' or 'float16'`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "model_registry.yaml"
+REGISTRY_ENV = "HUB_REGISTRY"
+
+
+class RegistryError(ValueError):
+    """The registry file is malformed; the message names file, line and key."""
+
+
+class UnknownModelError(KeyError):
+    """No registry entry has this id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(Strict):
+    """Where the weights are: exactly one of a local folder, a Hugging Face repo, an installed package."""
+
+    path: Optional[str] = None
+    repo: Optional[str] = None
+    revision: Optional[str] = None
+    package: Optional[str] = None
+    file: Optional[str] = Field(None, description="a GGUF file inside the folder, repo or package")
+
+    @model_validator(mode="after")
+    def one_place(self):
+        places = [k for k in ("path", "repo", "package") if getattr(self, k)]
+        if len(places) != 1:
+            raise ValueError(f"give exactly one of path, repo or package (got {', '.join(places) or 'none'})")
+        if self.package and not self.file:
+            raise ValueError("a package source needs `file`, the GGUF file inside the package")
+        return self
+
+
+class GenerationDefaults(Strict):
+    temperature: Optional[float] = Field(None, ge=0, le=5)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0)
+    repetition_penalty: Optional[float] = Field(None, gt=0, le=5)
+    max_new_tokens: Optional[int] = Field(None, ge=1)
+    seed: Optional[int] = None
+    greedy: Optional[bool] = None
+
+
+class ModelEntry(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str
+    source: Source
+    family: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    context_length: Optional[int] = Field(None, ge=16)
+    generation: GenerationDefaults = GenerationDefaults()
+    description: str = ""
+
+    @field_validator("family")
+    @classmethod
+    def known_family(cls, family: str) -> str:
+        from adapters import FAMILIES
+
+        if family != "auto" and family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; known: auto, {', '.join(sorted(FAMILIES))}")
+        return family
+
+
+class Settings(Strict):
+    memory_budget_gb: float = Field(8.0, gt=0)
+    default_model: Optional[str] = None
+
+
+class RegistryFile(Strict):
+    settings: Settings = Settings()
+    models: list[ModelEntry]
+
+
+class Registry:
+    """An explicit id -> entry map; an unknown id raises UnknownModelError."""
+
+    def __init__(self, entries: list[ModelEntry], settings: Settings = Settings(), path: Path | None = None):
+        self.entries = {e.id: e for e in entries}
+        self.settings = settings
+        self.path = path
+
+    def __iter__(self):
+        return iter(self.entries.values())
+
+    def __len__(self):
+        return len(self.entries)
+
+    def __contains__(self, model_id):
+        return model_id in self.entries
+
+    def get(self, model_id: str) -> ModelEntry:
+        try:
+            return self.entries[model_id]
+        except KeyError:
+            raise UnknownModelError(f"unknown model {model_id!r}; known: {', '.join(self.entries) or 'none'}") from None
+
+    def add(self, entry: ModelEntry) -> ModelEntry:
+        if entry.id in self.entries:
+            raise RegistryError(f"duplicate model id {entry.id!r}")
+        self.entries[entry.id] = entry
+        return entry
+
+    @property
+    def default_id(self) -> str | None:
+        return self.settings.default_model or next(iter(self.entries), None)
+
+
+def registry_path(cli_path: str | os.PathLike | None = None) -> Path:
+    return Path(cli_path or os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY)
+
+
+def load_registry(path: str | os.PathLike | None = None) -> Registry:
+    path = registry_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RegistryError(f"{path}: cannot read the registry: {e.strerror or e}") from None
+    return parse_registry(text, path)
+
+
+def parse_registry(text: str, path: Path | str = "<registry>") -> Registry:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else "?"
+        raise RegistryError(f"{path}:{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if root is None:
+        raise RegistryError(f"{path}:1: the registry is empty; it needs a `models:` list")
+    check_duplicate_keys(root, path)
+    data = yaml.safe_load(text)
+    try:
+        parsed = RegistryFile.model_validate(data)
+    except ValidationError as e:
+        raise RegistryError(describe(e, root, path)) from None
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(parsed.models):
+        if entry.id in seen:
+            line = node_line(root, ("models", index, "id"))
+            raise RegistryError(f"{path}:{line}: models[{index}].id: duplicate id {entry.id!r} "
+                                f"(first defined on line {seen[entry.id]})")
+        seen[entry.id] = node_line(root, ("models", index, "id"))
+    registry = Registry(parsed.models, parsed.settings, Path(path))
+    if parsed.settings.default_model and parsed.settings.default_model not in registry:
+        line = node_line(root, ("settings", "default_model"))
+        raise RegistryError(f"{path}:{line}: settings.default_model: no model has id "
+                            f"{parsed.settings.default_model!r}")
+    return registry
+
+
+def describe(error: ValidationError, root, path) -> str:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    # Errors raised by a model validator carry no field: point at the mapping itself.
+    line = node_line(root, loc)
+    key = dotted(loc)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}"
+    elif first["type"] == "missing":
+        message = f"missing required key {loc[-1]!r}"
+    return f"{path}:{line}: {key}: {message}"
+
+
+def dotted(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def node_line(root, loc) -> int:
+    """The 1-based line of the deepest YAML node that `loc` reaches (a key's own line for mappings)."""
+    node, line = root, root.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    node, line = value, key.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def check_duplicate_keys(node, path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            if key.value in seen:
+                raise RegistryError(f"{path}:{key.start_mark.line + 1}: {key.value}: duplicate key")
+            seen.add(key.value)
+            check_duplicate_keys(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            check_duplicate_keys(item, path)
+
+
+def is_registry_id(text: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text))
