@@ -38,6 +38,10 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
+    def __deepcopy__(self, memo) -> "CancelToken":
+        # Gradio deep-copies session state; a copy belongs to no request yet, so it starts fresh.
+        return CancelToken()
+
 
 @dataclass
 class Stats:

@@ -1,0 +1,154 @@
+"""Chat tab behaviour, kept apart from its layout.
+
+The conversation lives in a per-session `ChatSession`: a list of turns that remember which model wrote
+each reply and its stats. The Chatbot shows a rendering of it; the model sees role and content only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..engine import CancelToken, Chunk, stream_chat
+from ..hub import Hub
+from ..manager import ModelLoadError
+from ..params import GenerationParams
+from ..registry import UnknownModelError
+
+MAX_MESSAGE_CHARS = 20_000
+
+
+@dataclass
+class Turn:
+    role: str
+    content: str
+    model: str | None = None  # which model wrote an assistant turn
+    footer: str = ""  # stats line, or the error
+
+
+@dataclass
+class ChatSession:
+    turns: list[Turn] = field(default_factory=list)
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+    def messages(self, system: str) -> list[dict]:
+        head = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
+        return head + [{"role": t.role, "content": t.content} for t in self.turns]
+
+    def stop(self) -> None:
+        self.cancel.cancel()
+
+
+def render(session: ChatSession) -> list[dict]:
+    view = []
+    for turn in session.turns:
+        if turn.role == "assistant":
+            footer = f"\n\n*{turn.model} · {turn.footer}*" if turn.footer else f"\n\n*{turn.model}*"
+            view.append({"role": "assistant", "content": (turn.content or "…") + footer})
+        else:
+            view.append({"role": "user", "content": turn.content})
+    return view
+
+
+def new_session() -> ChatSession:
+    return ChatSession()
+
+
+def user_message(text: str, session: ChatSession):
+    """Append the user's message at once (no queue); the reply streams in the next step."""
+    session.stop()  # a new message ends a reply still streaming
+    text = (text or "").strip()
+    if not text:
+        return "", session, render(session), "Type a message first."
+    if len(text) > MAX_MESSAGE_CHARS:
+        return text, session, render(session), (
+            f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent.")
+    session.turns.append(Turn("user", text))
+    return "", session, render(session), ""
+
+
+def sampling(custom: bool, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy):
+    if not custom:
+        return {"max_new_tokens": int(max_new_tokens)} if max_new_tokens else {}
+    return {"temperature": temperature, "top_p": top_p, "top_k": int(top_k),
+            "repetition_penalty": repetition_penalty, "max_new_tokens": int(max_new_tokens),
+            "seed": None if seed is None or seed < 0 else int(seed), "greedy": bool(greedy)}
+
+
+def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *controls):
+    """Stream the reply to the last user turn: yields (session, chatbot view, status)."""
+    if not session.turns or session.turns[-1].role != "user":
+        yield session, render(session), ""
+        return
+    session.cancel = cancel = CancelToken()
+    turn = Turn("assistant", "", model_id)
+    session.turns.append(turn)
+    loaded = None
+    try:
+        for item in hub.load_with_progress(model_id):
+            if isinstance(item, str):
+                turn.footer = item.replace("**", "")
+                yield session, render(session), item
+            else:
+                loaded = item
+    except (ModelLoadError, UnknownModelError) as e:
+        turn.footer = f"⚠️ {e}"
+        yield session, render(session), f"⚠️ {e}"
+        return
+    params = loaded.defaults.override(sampling(*controls))
+    turn.footer = ""
+    for chunk in stream_chat(loaded, session.messages(system)[:-1], params, cancel):
+        turn.content = chunk.text
+        if chunk.finish_reason:
+            turn.footer = footer_of(chunk)
+        yield session, render(session), ""
+
+
+def footer_of(chunk: Chunk) -> str:
+    line = chunk.stats.summary()
+    if chunk.finish_reason == "error":
+        return f"⚠️ {chunk.error} · {line}"
+    if chunk.finish_reason in ("length", "cancelled"):
+        return f"{line} · {chunk.finish_reason}"
+    return line
+
+
+def stop(session: ChatSession):
+    session.stop()
+    return session
+
+
+def retry(session: ChatSession):
+    """Regenerate: drop the last reply (and anything after the last user turn)."""
+    session.stop()
+    while session.turns and session.turns[-1].role == "assistant":
+        session.turns.pop()
+    return session, render(session)
+
+
+def undo(session: ChatSession):
+    """Undo: remove the last exchange and put the user's text back in the box."""
+    session.stop()
+    while session.turns and session.turns[-1].role == "assistant":
+        session.turns.pop()
+    text = session.turns.pop().content if session.turns else ""
+    return text, session, render(session)
+
+
+def clear(session: ChatSession):
+    session.stop()
+    session.turns.clear()
+    return session, render(session), ""
+
+
+def defaults_for(hub: Hub, model_id: str) -> GenerationParams:
+    """The sliders' starting values: the registry entry over hub defaults (no load needed)."""
+    try:
+        entry = hub.registry.get(model_id)
+    except UnknownModelError:
+        return GenerationParams()
+    return GenerationParams().override(entry.generation.model_dump())
+
+
+def defaults_view(hub: Hub, model_id: str):
+    """Slider values for a newly chosen model; the conversation itself is kept."""
+    d = defaults_for(hub, model_id)
+    return d.temperature, d.top_p, d.top_k, d.repetition_penalty, d.max_new_tokens, d.greedy

@@ -1,0 +1,59 @@
+"""Chat tab layout: model dropdown, system prompt, sampling controls, the conversation and its buttons."""
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from ..hub import Hub
+from . import chat_handlers as h
+
+
+def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
+    defaults = h.defaults_for(hub, default_model) if default_model else h.GenerationParams()
+    session = gr.State(h.new_session, delete_callback=lambda s: s.stop())  # a closed tab stops its reply
+    with gr.Row():
+        model = gr.Dropdown(hub.choices(), value=default_model, label="Model", scale=3, elem_id="chat-model")
+        status = gr.Markdown(elem_id="chat-status")
+    chatbot = gr.Chatbot(label="Conversation", height=480, buttons=["copy", "copy_all"], elem_id="chatbot",
+                         render_markdown=True, placeholder="Pick a model and say hello.")
+    with gr.Row():
+        message = gr.Textbox(placeholder="Message (Enter to send)", show_label=False, scale=6,
+                             elem_id="chat-input", max_lines=8)
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+    with gr.Row():
+        retry = gr.Button("Regenerate", size="sm", elem_id="chat-retry")
+        undo = gr.Button("Undo", size="sm", elem_id="chat-undo")
+        clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
+    with gr.Accordion("System prompt and sampling", open=False):
+        system = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
+        custom = gr.Checkbox(False, label="Use these sampling settings (off: the model's own defaults)")
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="temperature")
+            top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="top_p")
+            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top_k")
+        with gr.Row():
+            repetition_penalty = gr.Slider(0.8, 2, value=defaults.repetition_penalty, step=0.01,
+                                           label="repetition_penalty")
+            max_new_tokens = gr.Slider(1, 4096, value=defaults.max_new_tokens, step=1, label="max_new_tokens")
+            seed = gr.Number(-1, label="seed (-1: random)", precision=0)
+            greedy = gr.Checkbox(defaults.greedy, label="greedy")
+    controls = [custom, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy]
+
+    reply = functools.partial(h.bot_reply, hub)
+    reply_io = dict(fn=reply, inputs=[session, model, system, *controls], outputs=[session, chatbot, status])
+    append_io = dict(fn=h.user_message, inputs=[message, session], outputs=[message, session, chatbot, status],
+                     queue=False)
+    submitted = [message.submit(**append_io, api_name="send").then(**reply_io, api_name="reply"),
+                 send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private")]
+    regenerated = retry.click(h.retry, session, [session, chatbot], queue=False, api_name="retry").then(
+        **reply_io, api_visibility="private")
+    streaming = [*submitted, regenerated]
+    stop.click(h.stop, session, session, cancels=streaming, queue=False, api_name="stop")
+    undo.click(h.undo, session, [message, session, chatbot], cancels=streaming, queue=False, api_name="undo")
+    clear.click(h.clear, session, [session, chatbot, status], cancels=streaming, queue=False, api_name="clear")
+    model.change(functools.partial(h.defaults_view, hub), model,
+                 [temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy], queue=False,
+                 api_visibility="private")
+    return {"model": model, "chatbot": chatbot, "session": session, "message": message, "status": status}

@@ -1,0 +1,24 @@
+"""Models tab layout: every registry entry with its state and memory; load and unload buttons."""
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from ..hub import Hub
+from . import models_handlers as h
+
+
+def build_models_tab(hub: Hub) -> dict:
+    grid = gr.Dataframe(h.table(hub), headers=h.COLUMNS, interactive=False, wrap=True, elem_id="models-table")
+    info = gr.Markdown(h.summary(hub), elem_id="models-info")
+    with gr.Row():
+        choice = gr.Dropdown(hub.choices(), label="Model", scale=3, elem_id="models-choice")
+        load = gr.Button("Load", variant="primary", elem_id="models-load")
+        unload = gr.Button("Unload", elem_id="models-unload")
+    load.click(functools.partial(h.load, hub), choice, [grid, info], concurrency_limit=None, api_name="load_model")
+    unload.click(functools.partial(h.unload, hub), choice, [grid, info], api_name="unload_model")
+    # Keeps states fresh (a model loading from the Chat tab, an eviction) while the tab is open.
+    gr.Timer(2.0).tick(functools.partial(h.refresh, hub), None, [grid, info], queue=False, show_progress="hidden",
+                            api_name="model_states")
+    return {"table": grid}
