@@ -1,6 +1,7 @@
 """The model manager: load on first use, one shared load per model, LRU eviction under a memory budget."""
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import threading
@@ -135,12 +136,21 @@ class ModelManager:
 
 
 def free_memory() -> None:
-    """Return freed tensors' memory: collect reference cycles, then empty the CUDA cache."""
-    gc.collect()
-    try:
-        import torch
+    """Give freed tensors' memory back: collect cycles, empty the CUDA cache, trim the C heap.
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
+    Without the trim, glibc keeps the freed weights of an evicted CPU model in its arenas (its mmap
+    threshold grows as large blocks are freed), so the process would not shrink.
+    """
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    trim_c_heap()
+
+
+def trim_c_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
         pass

@@ -93,3 +93,39 @@ def test_missing_weights_are_listed_unavailable_with_the_reason():
     manager = ModelManager(registry_of("gone", path="/nonexistent/folder"), 10**9, fake_loader())
     state = manager.state("gone")
     assert state.status == UNAVAILABLE and state.detail == "folder /nonexistent/folder does not exist"
+
+
+def test_real_models_failure_isolation_and_eviction_that_frees_memory(tmp_path, registry):
+    """On the real default model: a broken folder fails alone; a tiny budget evicts and frees memory."""
+    from tests.tiny import make_tiny_chat_model
+
+    make_tiny_chat_model(tmp_path / "tiny")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    smollm_source = registry.get("smollm2-135m").source
+    text = ("models:\n"
+            f"  - {{id: smollm, name: SmolLM2, dtype: bfloat16, source: {{package: {smollm_source.package}, "
+            f"file: {smollm_source.file}}}}}\n"
+            f"  - {{id: tiny, name: Tiny, source: {{path: {tmp_path / 'tiny'}}}}}\n"
+            f"  - {{id: broken, name: Broken, source: {{path: {tmp_path / 'broken'}}}}}\n")
+    manager = ModelManager(parse_registry(text), memory_budget_bytes=2**30)
+    with pytest.raises(ModelLoadError, match="broken"):
+        manager.get("broken")
+    assert manager.state("broken").status == ERROR
+
+    from demo.engine import complete
+
+    smollm = manager.get("smollm")
+    reply = complete(smollm, [{"role": "user", "content": "What is the capital of France?"}],
+                     smollm.defaults.override({"greedy": True, "max_new_tokens": 16}))
+    assert "Paris" in reply.text
+    model_ref = weakref.ref(smollm.model)
+    size = smollm.memory_bytes
+    manager.budget = size + MB  # too small for both
+    del smollm, reply
+    gc.collect()
+    rss_loaded = psutil.Process().memory_info().rss
+    manager.get("tiny")  # smollm + tiny > budget: smollm, the least recently used, goes
+    assert manager.loaded_ids() == ["tiny"]
+    assert model_ref() is None
+    assert psutil.Process().memory_info().rss < rss_loaded - size // 2
