@@ -82,3 +82,16 @@ def test_bad_messages_file_is_a_clear_error(capsys, tmp_path):
     bad.write_text('[{"role": "robot", "content": "x"}]')
     assert main(["prompt", "smollm2-135m", "--messages", str(bad)]) == 2
     assert "unknown role 'robot'" in capsys.readouterr().err
+
+
+def test_terminal_chat_streams_and_keeps_history(capsys, smollm, monkeypatch):
+    import builtins
+
+    import demo.cli as cli
+
+    monkeypatch.setattr(cli, "load_model", lambda entry: smollm)
+    typed = iter(["What is the capital of France?", "/reset", "", "/exit"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(typed))
+    assert main(["chat", "smollm2-135m", "--greedy", "--max-new-tokens", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "Chatting with smollm2-135m" in out and "Paris" in out and "[stop; " in out
