@@ -35,35 +35,42 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m demo", description="Multi-model chat demo hub")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--registry", default=argparse.SUPPRESS,
+                        help="registry YAML (default: $HUB_REGISTRY or model_registry.yaml)")
     parser.add_argument("--registry", help="registry YAML (default: $HUB_REGISTRY or model_registry.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    # `--registry` is also accepted after the command (`serve --registry FILE`, as the README shows);
+    # SUPPRESS keeps a subcommand without it from resetting the value given before the command.
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the web app")
+    serve = sub.add_parser("serve", parents=[common], help="run the web app")
     serve.add_argument("--host", default=os.environ.get("HUB_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("HUB_PORT", "7860")))
     serve.add_argument("--memory-budget-gb", type=float, help="evict models above this (default: registry)")
     serve.add_argument("--preload", action="store_true", help="load the default model before serving")
     serve.set_defaults(run=cmd_serve)
 
-    lst = sub.add_parser("list", help="list registry entries and whether their weights are here")
+    lst = sub.add_parser("list", parents=[common],
+                         help="list registry entries and whether their weights are here")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(run=cmd_list)
 
-    chat = sub.add_parser("chat", help="chat in the terminal")
+    chat = sub.add_parser("chat", parents=[common], help="chat in the terminal")
     add_model_args(chat)
     add_sampling_args(chat)
     chat.add_argument("--system", help="system prompt")
     chat.set_defaults(run=cmd_chat)
 
-    prompt = sub.add_parser("prompt", help="show the exact prompt ids and stops (no weights loaded)")
+    prompt = sub.add_parser("prompt", parents=[common],
+                            help="show the exact prompt ids and stops (no weights loaded)")
     add_model_args(prompt)
     prompt.add_argument("--messages", required=True, help="JSON file: a list of {role, content}")
     prompt.add_argument("--max-new-tokens", type=int, help="reply budget to reserve in the context")
     prompt.add_argument("--json", action="store_true")
     prompt.set_defaults(run=cmd_prompt)
 
-    gen = sub.add_parser("generate", help="generate one reply")
+    gen = sub.add_parser("generate", parents=[common], help="generate one reply")
     add_model_args(gen)
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--messages", help="JSON file: a list of {role, content}")
