@@ -36,6 +36,15 @@ class ChatSession:
     def stop(self) -> None:
         self.cancel.cancel()
 
+    def next_request(self) -> None:
+        """End the reply in flight and give the next one its own cancel token.
+
+        Made when the message is appended (not when the reply starts), so a Stop pressed while the
+        reply still waits in the queue or for its model cancels that reply too.
+        """
+        self.stop()
+        self.cancel = CancelToken()
+
 
 def render(session: ChatSession) -> list[dict]:
     view = []
@@ -62,6 +71,7 @@ def user_message(text: str, session: ChatSession):
         return text, session, render(session), (
             f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent.")
     session.turns.append(Turn("user", text))
+    session.next_request()
     return "", session, render(session), ""
 
 
@@ -78,12 +88,16 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
     if not session.turns or session.turns[-1].role != "user":
         yield session, render(session), ""
         return
-    session.cancel = cancel = CancelToken()
+    cancel = session.cancel
     turn = Turn("assistant", "", model_id)
     session.turns.append(turn)
     loaded = None
     try:
         for item in hub.load_with_progress(model_id):
+            if cancel.cancelled:  # the load goes on in the background; this reply ends here
+                turn.footer = "cancelled while the model was loading"
+                yield session, render(session), ""
+                return
             if isinstance(item, str):
                 turn.footer = item.replace("**", "")
                 yield session, render(session), item
@@ -118,7 +132,7 @@ def stop(session: ChatSession):
 
 def retry(session: ChatSession):
     """Regenerate: drop the last reply (and anything after the last user turn)."""
-    session.stop()
+    session.next_request()
     while session.turns and session.turns[-1].role == "assistant":
         session.turns.pop()
     return session, render(session)

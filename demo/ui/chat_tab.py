@@ -50,7 +50,9 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
     regenerated = retry.click(h.retry, session, [session, chatbot], queue=False, api_name="retry").then(
         **reply_io, api_visibility="private")
     streaming = [*submitted, regenerated]
-    stop.click(h.stop, session, session, cancels=streaming, queue=False, api_name="stop")
+    # Stop cancels the request's token rather than the Gradio event: the engine ends the worker within
+    # a step and the stream finishes itself, so the reply keeps its stats line, marked "cancelled".
+    stop.click(h.stop, session, session, queue=False, api_name="stop")
     undo.click(h.undo, session, [message, session, chatbot], cancels=streaming, queue=False, api_name="undo")
     clear.click(h.clear, session, [session, chatbot, status], cancels=streaming, queue=False, api_name="clear")
     model.change(functools.partial(h.defaults_view, hub), model,
