@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from demo.registry import load_registry
+from tests.app_server import hub_server  # noqa: F401  (the real server process, for the app tests)
 
 DEFAULT_ID = "smollm2-135m"
 
