@@ -10,8 +10,10 @@ from . import models_handlers as h
 
 
 def build_models_tab(hub: Hub) -> dict:
-    grid = gr.Dataframe(h.table(hub), headers=h.COLUMNS, interactive=False, wrap=True, elem_id="models-table")
-    info = gr.Markdown(h.summary(hub), elem_id="models-info")
+    # Callables, so each page load shows the states of that moment, not those from when the app was built.
+    grid = gr.Dataframe(functools.partial(h.table, hub), headers=h.COLUMNS, interactive=False, wrap=True,
+                        elem_id="models-table")
+    info = gr.Markdown(functools.partial(h.summary, hub), elem_id="models-info")
     with gr.Row():
         choice = gr.Dropdown(hub.choices(), label="Model", scale=3, elem_id="models-choice")
         load = gr.Button("Load", variant="primary", elem_id="models-load")
