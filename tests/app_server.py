@@ -113,11 +113,12 @@ def hub_server(tmp_path_factory):
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "demo", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--registry", str(registry)],
+             "--registry", str(registry), "--preload"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = HubServer(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        # Built while the server starts; the hub checks the folder only when the model is used.
+        # Built while the server starts and preloads the default model; the hub looks at this folder
+        # only when the model is used.
         make_tiny_chat_model(folder / "tiny")
         wait_until_serving(server)
         yield server
