@@ -23,6 +23,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 REPLY_TIMEOUT_MS = 240_000  # a bound against hangs (a first reply loads its model), not a speed check
+STOPPED_TIMEOUT_MS = 60_000  # after Stop the engine ends within a step or two; this only bounds a hang
 STATES = {"unavailable", "not loaded", "loading", "ready", "error"}
 
 # Records every text the last reply shows, from inside the page, so no streamed state is missed
@@ -72,9 +73,9 @@ def send(page: Page, text: str) -> None:
     box.press("Enter")
 
 
-def wait_for_reply(page: Page, count: int) -> str:
+def wait_for_reply(page: Page, count: int, timeout_ms: float = REPLY_TIMEOUT_MS) -> str:
     """Wait until reply number `count` (1-based) shows its stats line; return its text."""
-    page.wait_for_function(REPLY_FINISHED, arg=count, timeout=REPLY_TIMEOUT_MS)
+    page.wait_for_function(REPLY_FINISHED, arg=count, timeout=timeout_ms)
     return replies(page)[count - 1]
 
 
@@ -142,7 +143,7 @@ def test_stop_ends_a_long_reply(page):
         page.wait_for_timeout(100)
     assert len(streamed_texts(page)) >= 2, "the reply did not start streaming"
     page.locator("#chat-stop").click()
-    text, line = split(wait_for_reply(page, 1))
+    text, line = split(wait_for_reply(page, 1, STOPPED_TIMEOUT_MS))
     assert line.startswith(f"{DEFAULT} · ") and line.endswith(" · cancelled"), line
     tokens = int(re.search(r"(\d+) tokens", line).group(1))
     assert tokens < 400
