@@ -179,10 +179,26 @@ def test_switching_model_keeps_the_conversation_and_marks_each_reply(client):
     first_reply = content(view[-1])
     send(client, "Hi again!")
     view, _ = reply(client, TINY, 6, custom=False)  # the tiny model's own (sampled) defaults
-    assert [(m["role"]) for m in view] == ["user", "assistant", "user", "assistant"]
+    assert [m["role"] for m in view] == ["user", "assistant", "user", "assistant"]
     assert content(view[0]) == "Hi!" and content(view[2]) == "Hi again!"
     assert content(view[1]) == first_reply
     assert split(view[1])[1] == DEFAULT
     text, model, footer = split(view[3])
     assert model == TINY
     assert 0 < new_tokens(footer) <= 6
+
+
+def test_regenerate_undo_and_clear_act_on_the_last_exchange(client):
+    send(client, "What is the capital of France?")
+    view, _ = reply(client, DEFAULT, 4)
+    first_text = split(view[-1])[0]
+    view = call(client, api_name="/retry")  # the page chains the reply; the API leaves it to the caller
+    assert [m["role"] for m in view] == ["user"], "Regenerate drops the reply, keeps the question"
+    view, _ = reply(client, DEFAULT, 4)
+    assert split(view[-1])[0] == first_text, "greedy: the same reply again"
+
+    box, view = call(client, api_name="/undo")
+    assert (box, view) == ("What is the capital of France?", []), "Undo puts the message back in the box"
+    send(client, "Hello!")
+    view, status = call(client, api_name="/clear")
+    assert (view, status) == ([], "")
