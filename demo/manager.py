@@ -126,9 +126,10 @@ class ModelManager:
             if model_id in self._loading:
                 return ModelState(model_id, entry.name, LOADING, f"loading for {time.time() - since:.0f} s",
                                   0, since)
-            if model_id in self._errors:
-                return ModelState(model_id, entry.name, ERROR, self._errors[model_id], 0, since)
+            error = self._errors.get(model_id)
         ok, reason = availability(entry.source)
+        if error is not None and ok:  # weights that are simply absent stay "unavailable"
+            return ModelState(model_id, entry.name, ERROR, error, 0, since)
         return ModelState(model_id, entry.name, NOT_LOADED if ok else UNAVAILABLE, reason, 0, since)
 
     def states(self) -> list[ModelState]:
