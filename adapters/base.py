@@ -15,6 +15,10 @@ class AdapterError(ValueError):
     """A family cannot build a prompt or resolve a stop marker for this tokenizer."""
 
 
+class ContextTooLong(AdapterError):
+    """Even the last message alone leaves no room for a reply in the model's context."""
+
+
 @dataclass
 class Prompt:
     """The exact prompt a model sees, plus what ends its reply."""
@@ -72,7 +76,7 @@ class ChatAdapter:
                 if room <= 0:
                     messages = drop_oldest_turn(messages)
                     if messages is None:
-                        raise AdapterError(
+                        raise ContextTooLong(
                             f"the message is too long: its prompt takes {len(ids)} tokens and the "
                             f"model's context is {context_length}")
                     dropped += 1

@@ -16,8 +16,9 @@ from typing import Iterator, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from adapters.base import AdapterError
+from adapters.base import AdapterError, ContextTooLong
 
+from .limits import CONTEXT_TOO_LONG, INVALID, TIMEOUT, LimitError, capped, check_messages
 from .loader import LoadedModel
 from .params import GenerationParams
 from .textstream import IncrementalDecoder, StopStringFilter
@@ -66,6 +67,7 @@ class Chunk:
     error: str | None = None
     output_ids: list[int] = field(default_factory=list)  # new ids so far (stop id included)
     prompt_ids: list[int] = field(default_factory=list)
+    code: str | None = None  # with an error: what kind (demo/limits.py), so the API can pick a status
 
 
 class GenerationError(RuntimeError):
@@ -96,13 +98,25 @@ class _IdStreamer(TextIteratorStreamer):
 
 def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: GenerationParams | None = None,
                 cancel: CancelToken | None = None, **options) -> Iterator[Chunk]:
-    """Build the family's prompt for `messages` and stream the reply."""
-    params = params or loaded.defaults
+    """Build the family's prompt for `messages` and stream the reply.
+
+    A remote model (an OpenAI-compatible server) streams the same chunks, so callers need no special case.
+    """
+    params = capped(loaded.limits, params or loaded.defaults)
+    try:
+        check_messages(loaded.limits, messages)
+    except LimitError as e:
+        yield Chunk("", "", Stats(), "error", str(e), code=e.code)
+        return
+    if loaded.remote:
+        yield from _admitted(loaded, lambda: loaded.stream_remote(messages, params, cancel, **options))
+        return
     try:
         prompt = loaded.adapter.build_prompt(loaded.tokenizer, messages, loaded.context_length,
                                              params.max_new_tokens, loaded.extra_stop_ids)
     except AdapterError as e:
-        yield Chunk("", "", Stats(), "error", str(e))
+        yield Chunk("", "", Stats(), "error", str(e), code=CONTEXT_TOO_LONG if isinstance(e, ContextTooLong)
+                    else INVALID)
         return
     params = replace(params, max_new_tokens=prompt.max_new_tokens or params.max_new_tokens)
     yield from stream_ids(loaded, prompt.input_ids, params, cancel, prompt.stop_token_ids,
@@ -113,8 +127,31 @@ def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: Generation
                cancel: CancelToken | None = None, stop_ids: Sequence[int] | None = None,
                stop_strings: Sequence[str] = (), stall_timeout_s: float = 120.0,
                timeout_s: float | None = None) -> Iterator[Chunk]:
-    """Stream a continuation of `input_ids`; the last chunk has finish_reason and full stats."""
+    """Stream a continuation of `input_ids`; the last chunk has finish_reason and full stats.
+
+    `timeout_s` defaults to the hub's generation timeout; a full wait line answers busy at once.
+    """
     cancel = cancel or CancelToken()
+    timeout_s = timeout_s if timeout_s is not None else loaded.limits.generation_timeout_s
+    yield from _admitted(loaded, lambda: _stream_locked(
+        loaded, input_ids, params, cancel, stop_ids, stop_strings, stall_timeout_s, timeout_s))
+
+
+def _admitted(loaded, start) -> Iterator[Chunk]:
+    """Run the stream `start()` makes only if the model's gate lets this request in (else: busy)."""
+    try:
+        loaded.gate.enter(loaded.id)
+    except LimitError as e:
+        yield Chunk("", "", Stats(), "error", str(e), code=e.code)
+        return
+    try:
+        yield from start()
+    finally:
+        loaded.gate.leave()
+
+
+def _stream_locked(loaded, input_ids, params, cancel, stop_ids, stop_strings, stall_timeout_s,
+                   timeout_s) -> Iterator[Chunk]:
     stop_ids = list(stop_ids if stop_ids is not None else loaded.adapter.stop_token_ids(
         loaded.tokenizer, loaded.extra_stop_ids))
     stats = Stats(prompt_tokens=len(input_ids))
@@ -216,6 +253,7 @@ class _Run:
             worker.join(timeout=stall_timeout_s)
 
     _tail = ""
+    code: str | None = None
 
     def _accept(self, ids: list[int], now: float) -> str:
         if self.stats.ttft_s is None:
@@ -246,6 +284,7 @@ class _Run:
             return "error"
         if timeout_s is not None and running_s > timeout_s:
             self.failure = GenerationError(f"generation took longer than {timeout_s:g} s")
+            self.code = TIMEOUT
         elif stalled_s > stall_timeout_s:
             self.failure = GenerationError(f"no token for {stall_timeout_s:g} s")
         else:
@@ -272,4 +311,4 @@ class _Run:
         if finish:
             self.stats.elapsed_s = time.perf_counter() - self.started
         return Chunk(self.text, delta, replace(self.stats), finish, error, list(self.output_ids),
-                     self.input_ids if finish else [])
+                     self.input_ids if finish else [], self.code if finish == "error" else None)

@@ -11,8 +11,9 @@ import torch
 from adapters import ChatAdapter, detect_family, get_adapter
 from adapters.weights import Weights, resolve
 
+from .limits import Gate
 from .params import GenerationParams, from_generation_config
-from .registry import GenerationDefaults, ModelEntry, Source
+from .registry import GenerationDefaults, Limits, ModelEntry, Source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,6 +30,10 @@ class LoadedModel:
     load_seconds: float = 0.0
     # One generation at a time per model unless an engine batches them.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # The hub's limits and admission for this model (the manager sets them from the registry).
+    limits: Limits = field(default_factory=Limits, repr=False)
+    gate: Gate = field(default_factory=Gate, repr=False)
+    remote = False  # a RemoteModel (demo/remote.py) streams from an OpenAI-compatible server instead
 
     @property
     def memory_bytes(self) -> int:
@@ -81,6 +86,10 @@ def load_tokenizer_only(entry: ModelEntry):
 
 
 def load_entry(entry: ModelEntry) -> LoadedModel:
+    if entry.remote:
+        from .remote import RemoteModel
+
+        return RemoteModel.connect(entry)
     started = time.perf_counter()
     weights = resolve(entry.source)
     adapter = get_adapter(family_of(entry, weights))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import logging
 import threading
 import time
@@ -13,12 +14,14 @@ from typing import Callable
 
 from adapters.weights import availability
 
+from .limits import Gate
 from .loader import LoadedModel, load_entry
 from .registry import ModelEntry, Registry
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE, NOT_LOADED, LOADING, READY, ERROR = "unavailable", "not loaded", "loading", "ready", "error"
+REMOTE_CONCURRENCY = 8  # a serving engine batches; the hub lets this many through to it at once
 
 
 class ModelLoadError(RuntimeError):
@@ -78,12 +81,19 @@ class ModelManager:
                 del self._loading[entry.id]
             future.set_exception(ModelLoadError(f"{entry.id}: {message}"))
             return
+        self._apply_limits(loaded, entry)
         with self._lock:
             self._loaded[entry.id] = loaded
             self._since[entry.id] = time.time()
             del self._loading[entry.id]
             self._evict_over_budget(keep=entry.id)
         future.set_result(loaded)
+
+    def _apply_limits(self, loaded: LoadedModel, entry: ModelEntry) -> None:
+        """The registry's limits, and a gate sized for this model, go with it to every caller."""
+        limits = self.registry.limits
+        concurrency = entry.concurrency or (REMOTE_CONCURRENCY if entry.remote else 1)
+        loaded.limits, loaded.gate = limits, Gate(concurrency, limits.queue_size)
 
     def unload(self, model_id: str) -> bool:
         with self._lock:
@@ -127,6 +137,10 @@ class ModelManager:
                 return ModelState(model_id, entry.name, LOADING, f"loading for {time.time() - since:.0f} s",
                                   0, since)
             error = self._errors.get(model_id)
+        if entry.remote:  # a remote whose connection failed shows why; else it is offered
+            if error is not None:
+                return ModelState(model_id, entry.name, ERROR, error, 0, since)
+            return ModelState(model_id, entry.name, *remote_availability(entry), 0, since)
         ok, reason = availability(entry.source)
         if error is not None and ok:  # weights that are simply absent stay "unavailable"
             return ModelState(model_id, entry.name, ERROR, error, 0, since)
@@ -134,6 +148,13 @@ class ModelManager:
 
     def states(self) -> list[ModelState]:
         return [self.state(e.id) for e in self.registry]
+
+
+def remote_availability(entry: ModelEntry) -> tuple[str, str]:
+    """A remote is offered unless its API key variable is unset; it is reached only when used."""
+    if entry.api_key_env and not os.environ.get(entry.api_key_env):
+        return UNAVAILABLE, f"remote {entry.base_url}: environment variable {entry.api_key_env} is not set"
+    return NOT_LOADED, f"remote: {entry.base_url}"
 
 
 def free_memory() -> None:

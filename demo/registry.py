@@ -64,13 +64,40 @@ class GenerationDefaults(Strict):
 class ModelEntry(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str
-    source: Source
+    source: Optional[Source] = None  # local weights; a remote entry has none
     family: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     context_length: Optional[int] = Field(None, ge=16)
     generation: GenerationDefaults = GenerationDefaults()
     description: str = ""
+    # A model served elsewhere by an OpenAI-compatible engine (vLLM, TGI, SGLang, Ollama, transformers serve).
+    backend: Literal["local", "openai"] = "local"
+    base_url: Optional[str] = Field(None, pattern=r"^https?://", description="e.g. http://gpu-box:8000/v1")
+    api_key_env: Optional[str] = Field(None, description="environment variable holding the remote's API key")
+    remote_model: Optional[str] = Field(None, description="the model name the remote expects (default: id)")
+    concurrency: Optional[int] = Field(None, ge=1, description="generations at once (default: 1 local, 8 remote)")
+
+    @model_validator(mode="after")
+    def backend_fields(self):
+        remote_keys = [k for k in ("base_url", "api_key_env", "remote_model") if getattr(self, k)]
+        if self.backend == "local":
+            if self.source is None:
+                raise ValueError("a local model needs `source` (or set `backend: openai` with `base_url`)")
+            if remote_keys:
+                raise ValueError(f"{', '.join(remote_keys)} only apply to `backend: openai`")
+            if (self.concurrency or 1) > 1:
+                raise ValueError("a local model runs one generation at a time; `concurrency` is for remotes")
+        else:
+            if self.source is not None:
+                raise ValueError("a `backend: openai` model has no `source`; its weights live on the remote")
+            if not self.base_url:
+                raise ValueError("`backend: openai` needs `base_url`, e.g. http://127.0.0.1:8000/v1")
+        return self
+
+    @property
+    def remote(self) -> bool:
+        return self.backend != "local"
 
     @field_validator("family")
     @classmethod
@@ -87,17 +114,31 @@ class Settings(Strict):
     default_model: Optional[str] = None
 
 
+class Limits(Strict):
+    """What keeps a public demo alive; every UI tab and the API go through them (demo/limits.py)."""
+
+    max_message_chars: int = Field(16_000, ge=1, description="longest single message")
+    max_turns: int = Field(64, ge=1, description="most messages in one conversation (system excluded)")
+    max_new_tokens: int = Field(1024, ge=1, description="cap on a reply's length; larger requests are clamped")
+    queue_size: int = Field(8, ge=0, description="requests that may wait per model; beyond: busy")
+    generation_timeout_s: float = Field(180.0, gt=0, description="a reply running longer ends with an error")
+    requests_per_minute: int = Field(30, ge=0, description="per client (user, API key or IP); 0: no limit")
+
+
 class RegistryFile(Strict):
     settings: Settings = Settings()
+    limits: Limits = Limits()
     models: list[ModelEntry]
 
 
 class Registry:
     """An explicit id -> entry map; an unknown id raises UnknownModelError."""
 
-    def __init__(self, entries: list[ModelEntry], settings: Settings = Settings(), path: Path | None = None):
+    def __init__(self, entries: list[ModelEntry], settings: Settings = Settings(), path: Path | None = None,
+                 limits: Limits = Limits()):
         self.entries = {e.id: e for e in entries}
         self.settings = settings
+        self.limits = limits
         self.path = path
 
     def __iter__(self):
@@ -161,7 +202,7 @@ def parse_registry(text: str, path: Path | str = "<registry>") -> Registry:
             raise RegistryError(f"{path}:{line}: models[{index}].id: duplicate id {entry.id!r} "
                                 f"(first defined on line {seen[entry.id]})")
         seen[entry.id] = node_line(root, ("models", index, "id"))
-    registry = Registry(parsed.models, parsed.settings, Path(path))
+    registry = Registry(parsed.models, parsed.settings, Path(path), parsed.limits)
     if parsed.settings.default_model and parsed.settings.default_model not in registry:
         line = node_line(root, ("settings", "default_model"))
         raise RegistryError(f"{path}:{line}: settings.default_model: no model has id "
