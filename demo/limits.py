@@ -20,6 +20,8 @@ MESSAGE_TOO_LONG, TOO_MANY_TURNS = "message_too_long", "too_many_turns"
 CONTEXT_TOO_LONG, TIMEOUT, INVALID = "context_length_exceeded", "timeout", "invalid_request"
 REMOTE_ERROR = "remote_error"
 
+REMOTE_CONCURRENCY = 8  # a serving engine batches; the hub lets this many through to it at once
+
 
 class LimitError(Exception):
     """A request refused by a limit; `code` says which (see the constants above)."""

@@ -14,14 +14,14 @@ from typing import Callable
 
 from adapters.weights import availability
 
-from .limits import Gate
+from .limits import REMOTE_CONCURRENCY, Gate
 from .loader import LoadedModel, load_entry
 from .registry import ModelEntry, Registry
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE, NOT_LOADED, LOADING, READY, ERROR = "unavailable", "not loaded", "loading", "ready", "error"
-REMOTE_CONCURRENCY = 8  # a serving engine batches; the hub lets this many through to it at once
+
 
 
 class ModelLoadError(RuntimeError):

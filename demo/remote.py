@@ -1,0 +1,200 @@
+"""A model served elsewhere by an OpenAI-compatible engine (vLLM, TGI, SGLang, Ollama, transformers serve).
+
+`RemoteModel` stands where a LoadedModel stands: the manager "loads" it (no weights here), and the
+engine's `stream_chat` hands a remote model's messages to `stream_remote`, which yields the same Chunk
+objects as a local generation. So the dropdown, compare tab, arena and API treat both alike.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Sequence
+
+import httpx
+
+from .limits import BUSY, CONTEXT_TOO_LONG, REMOTE_CONCURRENCY, REMOTE_ERROR, TIMEOUT, Gate
+from .params import GenerationParams
+from .registry import Limits, ModelEntry
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class RemoteError(RuntimeError):
+    def __init__(self, message: str, code: str = REMOTE_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class RemoteModel:
+    id: str
+    base_url: str
+    remote_model: str
+    api_key: str | None
+    defaults: GenerationParams
+    context_length: int | None = None
+    concurrency: int = REMOTE_CONCURRENCY
+    limits: Limits = field(default_factory=Limits, repr=False)
+    gate: Gate = field(default_factory=Gate, repr=False)
+    remote = True
+    memory_bytes = 0  # the weights live on the remote
+    load_seconds = 0.0
+
+    def __post_init__(self):
+        self.slots = threading.BoundedSemaphore(self.concurrency)  # the rest wait here, in the gate's count
+        self.lock = self.slots
+
+    @classmethod
+    def connect(cls, entry: ModelEntry) -> "RemoteModel":
+        key = None
+        if entry.api_key_env:
+            key = os.environ.get(entry.api_key_env)
+            if not key:
+                raise RemoteError(f"environment variable {entry.api_key_env} (the API key for "
+                                  f"{entry.base_url}) is not set")
+        defaults = GenerationParams().override(entry.generation.model_dump())
+        return cls(entry.id, entry.base_url.rstrip("/"), entry.remote_model or entry.id, key, defaults,
+                   entry.context_length, entry.concurrency or REMOTE_CONCURRENCY)
+
+    def request_body(self, messages: Sequence[dict], params: GenerationParams) -> dict:
+        greedy = params.greedy or params.temperature == 0
+        body = {"model": self.remote_model, "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+                "max_tokens": params.max_new_tokens, "temperature": 0.0 if greedy else params.temperature}
+        if not greedy:
+            body["top_p"] = params.top_p
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    def stream_remote(self, messages, params, cancel=None, timeout_s: float | None = None,
+                      stall_timeout_s: float = 120.0) -> Iterator:
+        from .engine import CancelToken, Chunk, Stats
+
+        cancel = cancel or CancelToken()
+        timeout_s = timeout_s if timeout_s is not None else self.limits.generation_timeout_s
+        stream = _RemoteStream(self, params, cancel, timeout_s, stall_timeout_s, Chunk, Stats())
+        queued = time.perf_counter()
+        if not _acquire(self.slots, cancel):
+            yield Chunk("", "", stream.stats, "cancelled")
+            return
+        stream.stats.queue_s = time.perf_counter() - queued
+        try:
+            yield from stream.run(self.request_body(messages, params))
+        finally:
+            self.slots.release()
+
+
+def _acquire(slots: threading.Semaphore, cancel) -> bool:
+    while not slots.acquire(timeout=0.25):
+        if cancel.cancelled:
+            return False
+    return True
+
+
+class _RemoteStream:
+    """One remote generation: POST, read the server-sent events, turn each delta into a Chunk."""
+
+    def __init__(self, model, params, cancel, timeout_s, stall_timeout_s, chunk_type, stats):
+        self.model, self.params, self.cancel = model, params, cancel
+        self.timeout_s, self.stall_timeout_s = timeout_s, stall_timeout_s
+        self.Chunk, self.stats, self.text = chunk_type, stats, ""
+
+    def run(self, body: dict) -> Iterator:
+        self.started = time.perf_counter()
+        headers = {"Authorization": f"Bearer {self.model.api_key}"} if self.model.api_key else {}
+        timeout = httpx.Timeout(self.stall_timeout_s, connect=CONNECT_TIMEOUT_S)
+        finish, error, code = None, None, None
+        try:
+            with httpx.Client(timeout=timeout) as client:
+                with client.stream("POST", f"{self.model.base_url}/chat/completions", json=body,
+                                   headers=headers) as response:
+                    if response.status_code != 200:
+                        raise _http_error(response)
+                    for event in _events(response):
+                        finish = self._finish_now()
+                        if finish:
+                            break
+                        delta, finish = self._read(event)
+                        if delta:
+                            yield self.Chunk(self.text, delta, _copy(self.stats))
+                        if finish:
+                            break
+        except RemoteError as e:
+            finish, error, code = "error", str(e), e.code
+        except httpx.HTTPError as e:
+            finish, code = "error", REMOTE_ERROR
+            error = f"remote {self.model.base_url}: {type(e).__name__}: {e or 'no answer'}"
+        if finish == "error" and code == TIMEOUT:
+            error = error or f"generation took longer than {self.timeout_s:g} s"
+        self.stats.elapsed_s = time.perf_counter() - self.started
+        yield self.Chunk(self.text, "", _copy(self.stats), finish or "stop", error, code=code)
+
+    def _finish_now(self) -> str | None:
+        if self.cancel.cancelled:
+            return "cancelled"
+        if time.perf_counter() - self.started > self.timeout_s:
+            raise RemoteError(f"generation took longer than {self.timeout_s:g} s", TIMEOUT)
+        return None
+
+    def _read(self, event: dict) -> tuple[str, str | None]:
+        if "error" in event:
+            raise RemoteError(f"remote: {_message(event['error'])}")
+        usage = event.get("usage") or {}
+        if usage:
+            self.stats.prompt_tokens = usage.get("prompt_tokens", self.stats.prompt_tokens)
+            self.stats.new_tokens = usage.get("completion_tokens", self.stats.new_tokens)
+        choices = event.get("choices") or [{}]
+        delta = (choices[0].get("delta") or {}).get("content") or ""
+        if delta:
+            self._count(delta)
+        return delta, choices[0].get("finish_reason")
+
+    def _count(self, delta: str) -> None:
+        now = time.perf_counter()
+        if self.stats.ttft_s is None:
+            self.stats.ttft_s, self.first_at = now - self.started, now
+        self.text += delta
+        self.stats.new_tokens += 1  # one event per token on the engines we know; usage corrects it
+        self.stats.elapsed_s = now - self.started
+        span = now - self.first_at
+        self.stats.tokens_per_s = (self.stats.new_tokens - 1) / span if span > 0 else 0.0
+
+
+def _events(response: httpx.Response) -> Iterator[dict]:
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except ValueError:
+            raise RemoteError(f"remote sent an event that is not JSON: {data[:200]!r}") from None
+
+
+def _http_error(response: httpx.Response) -> RemoteError:
+    response.read()
+    try:
+        payload = response.json()
+        detail = _message(payload.get("error", payload))
+    except ValueError:
+        detail = response.text[:300] or response.reason_phrase
+    code = BUSY if response.status_code in (429, 503) else REMOTE_ERROR
+    if "context" in detail and ("length" in detail or "long" in detail):
+        code = CONTEXT_TOO_LONG
+    return RemoteError(f"remote answered {response.status_code}: {detail}", code)
+
+
+def _message(error) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("detail") or error)
+    return str(error)
+
+
+def _copy(stats):
+    return replace(stats)
