@@ -34,15 +34,33 @@ def make_hub(registry_path=None, memory_budget_gb: float | None = None) -> Hub:
 
 
 def serve(args) -> int:
+    from .auth import build_access
+    from .server import run
+
     hub = make_hub(args.registry, args.memory_budget_gb)
+    hub.registry.limits = limits_from_args(hub.registry.limits, args)
+    hub.access = build_access(args.auth, args.auth_file, args.api_key)
+    hub.__post_init__()  # the rate limiter follows the limits just set
     for state in hub.manager.states():
         if state.status == "unavailable":
             print(f"note: {state.id} is unavailable: {state.detail}", file=sys.stderr)
     if args.preload and hub.registry.default_id:
         hub.manager.get(hub.registry.default_id)
     app = build_app(hub)
-    # Several users at once; each model still serves one generation at a time (LoadedModel.lock).
-    app.queue(default_concurrency_limit=16)
-    print(f"Serving {len(hub.registry)} models on http://{args.host}:{args.port}", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, show_error=True, quiet=True)
-    return 0
+    # Several users at once; each model still serves one generation at a time (LoadedModel.lock), and
+    # the Gradio queue itself is bounded so a crowd gets "queue full" instead of an endless wait.
+    app.queue(default_concurrency_limit=16, max_size=64)
+    return run(hub, app, args.host, args.port, share=args.share, share_server=args.share_server)
+
+
+LIMIT_ARGS = {"max_message_chars": "max_message_chars", "max_turns": "max_turns",
+              "max_new_tokens": "max_new_tokens", "queue_size": "queue_size",
+              "generation_timeout": "generation_timeout_s", "rate_limit": "requests_per_minute"}
+
+
+def limits_from_args(limits, args):
+    """The registry's `limits:` with the command line's values over them."""
+    from .registry import Limits
+
+    values = {field: getattr(args, arg) for arg, field in LIMIT_ARGS.items() if getattr(args, arg, None) is not None}
+    return Limits.model_validate({**limits.model_dump(), **values})

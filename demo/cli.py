@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -49,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("HUB_PORT", "7860")))
     serve.add_argument("--memory-budget-gb", type=float, help="evict models above this (default: registry)")
     serve.add_argument("--preload", action="store_true", help="load the default model before serving")
+    add_public_args(serve)
     serve.set_defaults(run=cmd_serve)
+
+    hashpw = sub.add_parser("hash-password", help="print an --auth-file line for a user (asks the password)")
+    hashpw.add_argument("user")
+    hashpw.set_defaults(run=cmd_hash_password)
 
     lst = sub.add_parser("list", parents=[common],
                          help="list registry entries and whether their weights are here")
@@ -80,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=cmd_generate)
     return parser
+
+
+def add_public_args(serve) -> None:
+    share = serve.add_argument_group("sharing and access")
+    share.add_argument("--share", action="store_true", help="ask Gradio for a public link (needs internet)")
+    share.add_argument("--share-server", metavar="HOST:PORT", help="a self-hosted frp tunnel server")
+    share.add_argument("--auth", action="append", metavar="USER:PASS", help="a user (repeatable)")
+    share.add_argument("--auth-file", help="users with hashed passwords, one user:pbkdf2_sha256$... a line")
+    share.add_argument("--api-key", action="append", help="an API key for /v1 (repeatable; also $HUB_API_KEYS)")
+    limits = serve.add_argument_group("limits (default: the registry's `limits:` section)")
+    limits.add_argument("--max-message-chars", type=int)
+    limits.add_argument("--max-turns", type=int)
+    limits.add_argument("--max-new-tokens", type=int, help="cap on a reply's length")
+    limits.add_argument("--queue-size", type=int, help="requests that may wait per model before 'busy'")
+    limits.add_argument("--generation-timeout", type=float, metavar="SECONDS")
+    limits.add_argument("--rate-limit", type=int, metavar="PER_MINUTE", help="requests per client (0: off)")
 
 
 def add_model_args(parser) -> None:
@@ -239,6 +261,29 @@ def cmd_chat(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .app import serve
+    from pydantic import ValidationError
 
-    return serve(args)
+    from .app import serve
+    from .auth import AuthError
+
+    if args.share_server and not re.fullmatch(r"[^\s:]+:\d+", args.share_server):
+        raise CliError(f"--share-server takes HOST:PORT (got {args.share_server!r})")
+    try:
+        return serve(args)
+    except AuthError as e:
+        raise CliError(str(e)) from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise CliError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+
+
+def cmd_hash_password(args) -> int:
+    import getpass
+
+    from .auth import hash_password
+
+    password = getpass.getpass(f"password for {args.user}: ")
+    if not password or password != getpass.getpass("again: "):
+        raise CliError("the passwords are empty or differ")
+    print(f"{args.user}:{hash_password(password)}")
+    return 0

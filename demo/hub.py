@@ -7,7 +7,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .auth import Access
+from .limits import RateLimiter
 from .manager import ModelManager, ModelState
+from .metrics import Metrics
 from .registry import Registry
 
 
@@ -16,6 +19,11 @@ class Hub:
     registry: Registry
     manager: ModelManager
     options: dict = field(default_factory=dict)
+    access: Access = field(default_factory=Access)  # users and API keys; empty: open
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self):
+        self.rate = RateLimiter(self.registry.limits.requests_per_minute)
 
     def choices(self) -> list[tuple[str, str]]:
         """(label, id) pairs for model dropdowns, every registry entry."""

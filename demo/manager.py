@@ -123,6 +123,10 @@ class ModelManager:
         with self._lock:
             return sum(m.memory_bytes for m in self._loaded.values())
 
+    def loaded_models(self) -> list[LoadedModel]:
+        with self._lock:
+            return list(self._loaded.values())
+
     def loaded_ids(self) -> list[str]:
         with self._lock:
             return list(self._loaded)

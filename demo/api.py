@@ -1,0 +1,308 @@
+"""The OpenAI-compatible API: `/v1/models`, `/v1/chat/completions` (streaming or not), `/metrics`.
+
+Same registry, manager, adapters and engine as the UI. Errors use OpenAI's error JSON. A client that
+disconnects cancels its generation through the request's CancelToken.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from typing import Any, Optional, Union
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import CancelToken, Chunk, stream_chat
+from .hub import Hub
+from .limits import BUSY, RATE_LIMITED, TIMEOUT, REMOTE_ERROR, LimitError
+from .manager import UNAVAILABLE, ModelLoadError
+from .registry import UnknownModelError
+
+STATUS = {BUSY: 429, RATE_LIMITED: 429, TIMEOUT: 504, REMOTE_ERROR: 502}  # other codes: 400
+_DONE = object()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.status, self.type, self.code, self.param, self.retry_after_s = status, type_, code, param, retry_after_s
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.code}}
+        headers = {"Retry-After": str(max(1, round(self.retry_after_s)))} if self.retry_after_s else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def chunk_error(chunk: Chunk) -> ApiError:
+    code = chunk.code or "server_error"
+    status = STATUS.get(code, 400 if chunk.code else 500)
+    kind = ("rate_limit_error" if status == 429 else "server_error" if status >= 500
+            else "invalid_request_error")
+    return ApiError(status, chunk.error or "generation failed", kind, code,
+                    retry_after_s=2.0 if status == 429 else None)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: Union[str, list[dict], None] = ""
+
+
+class ChatRequest(BaseModel):
+    """The fields the hub uses; others that OpenAI clients send are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1, le=1)
+    stream_options: Optional[dict] = None
+
+    def plain_messages(self) -> list[dict]:
+        return [{"role": "system" if m.role == "developer" else m.role, "content": text_of(m.content)}
+                for m in self.messages]
+
+    def sampling(self) -> dict:
+        values: dict[str, Any] = {"max_new_tokens": self.max_completion_tokens or self.max_tokens,
+                                  "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        if self.temperature == 0:
+            values["greedy"] = True
+        return values
+
+
+def text_of(content) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    parts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise ApiError(400, f"content parts of type {part.get('type')!r} are not supported; send text",
+                           param="messages")
+        parts.append(part.get("text", ""))
+    return "".join(parts)
+
+
+def client_of(request: Request, hub: Hub) -> str:
+    """The client a request counts against: its user or API key, else its address."""
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer ") and hub.access.enabled:
+        client = hub.access.check_bearer(auth[7:].strip())
+        if client:
+            return client
+        raise ApiError(401, "invalid API key or credentials", code="invalid_api_key")
+    if hub.access.enabled:
+        raise ApiError(401, "this hub needs an API key: send `Authorization: Bearer KEY` "
+                            "(an --api-key, or user:password of an --auth user)", code="invalid_api_key")
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
+def build_api_router(hub: Hub) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def list_models(request: Request):
+        try:
+            client_of(request, hub)
+        except ApiError as e:
+            return e.response()
+        data = [{"id": s.id, "object": "model", "created": 0, "owned_by": "hub"}
+                for s in hub.manager.states() if s.status != UNAVAILABLE]
+        return {"object": "list", "data": data}
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            return await _chat(hub, request)
+        except ApiError as e:
+            return e.response()
+
+    @router.get("/metrics")
+    async def metrics(request: Request):
+        try:
+            client_of(request, hub)
+        except ApiError as e:
+            return e.response()
+        return hub.metrics.snapshot(hub.manager)
+
+    return router
+
+
+async def _chat(hub: Hub, request: Request):
+    client = client_of(request, hub)
+    body = await _parse(request)
+    try:
+        hub.rate.charge(client)
+    except LimitError as e:
+        hub.metrics.count(body.model, e.code)
+        raise ApiError(429, str(e), "rate_limit_error", e.code, retry_after_s=e.retry_after_s) from None
+    loaded = await _load(hub, body.model)
+    params = loaded.defaults.override(body.sampling())
+    cancel = CancelToken()
+    stream = stream_chat(loaded, body.plain_messages(), params, cancel)
+    pump = _Pump(stream, cancel, lambda last: hub.metrics.finished(body.model, last, client))
+    first = await pump.next()
+    if first.finish_reason == "error" and not first.text:
+        raise chunk_error(first)
+    reply = _Reply(body.model, hub, client)
+    if body.stream:
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(reply.sse(pump, first, usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    last = await pump.last(first, request)
+    if last.finish_reason == "error":
+        raise chunk_error(last)
+    return reply.completion(last)
+
+
+async def _parse(request: Request) -> ChatRequest:
+    try:
+        return ChatRequest.model_validate(await request.json())
+    except ValueError as e:
+        if isinstance(e, ValidationError):
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
+        raise ApiError(400, f"the body is not valid JSON: {e}") from None
+
+
+async def _load(hub: Hub, model_id: str):
+    try:
+        entry = hub.registry.get(model_id)
+    except UnknownModelError as e:
+        raise ApiError(404, f"The model `{model_id}` does not exist. {e}", code="model_not_found",
+                       param="model") from None
+    state = hub.manager.state(entry.id)
+    if state.status == UNAVAILABLE:
+        raise ApiError(404, f"The model `{model_id}` is unavailable here: {state.detail}",
+                       code="model_not_found", param="model")
+    try:
+        return await asyncio.to_thread(hub.manager.get, model_id)
+    except ModelLoadError as e:
+        raise ApiError(503, f"the model failed to load: {e}", "server_error", "model_load_failed") from None
+
+
+class _Pump:
+    """Runs the engine's (blocking) stream on a thread and hands its chunks to the event loop.
+
+    `on_last` gets the final chunk on that thread, also when the client has gone (so stats show where
+    a cancelled generation stopped).
+    """
+
+    def __init__(self, stream, cancel: CancelToken, on_last):
+        self.cancel, self.queue, self.on_last = cancel, asyncio.Queue(), on_last
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._run, args=(stream, loop), daemon=True, name="api-stream").start()
+
+    def _run(self, stream, loop) -> None:
+        def put(item):
+            try:
+                loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone (shutdown): stop generating
+                self.cancel.cancel()
+
+        chunk = None
+        try:
+            for chunk in stream:
+                put(chunk)
+        except BaseException as e:  # a crashed generation ends this reply, not the server
+            put(e)
+        put(_DONE)
+        if chunk is not None:
+            self.on_last(chunk)
+
+    async def next(self):
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise ApiError(500, f"{type(item).__name__}: {item}", "server_error", "server_error")
+        return item
+
+    async def chunks(self, first: Chunk):
+        chunk = first
+        while True:
+            yield chunk
+            if chunk.finish_reason:
+                return
+            chunk = await self.next()
+            if chunk is _DONE:
+                return
+
+    async def last(self, first: Chunk, request: Request) -> Chunk:
+        """Consume to the end; a client gone meanwhile cancels the generation."""
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, self.cancel))
+        try:
+            last = first
+            async for last in self.chunks(first):
+                pass
+            return last
+        finally:
+            watcher.cancel()
+
+
+async def _cancel_on_disconnect(request: Request, cancel: CancelToken) -> None:
+    while not cancel.cancelled:
+        if await request.is_disconnected():
+            cancel.cancel()
+            return
+        await asyncio.sleep(0.2)
+
+
+class _Reply:
+    def __init__(self, model: str, hub: Hub, client: str):
+        self.model, self.hub, self.client = model, hub, client
+        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def completion(self, last: Chunk) -> dict:
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": last.text},
+                             "finish_reason": finish_of(last), "logprobs": None}],
+                "usage": usage_of(last)}
+
+    def event(self, delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
+                                             "logprobs": None}]
+        payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                   "model": self.model, "choices": choices}
+        if usage is not None:
+            payload["usage"] = usage
+        return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+    async def sse(self, pump: _Pump, first: Chunk, include_usage: bool):
+        """OpenAI's stream: a role delta, content deltas, a finish delta, [usage], [DONE].
+
+        When the client goes away Starlette cancels this generator; `finally` then cancels the model.
+        """
+        last = first
+        try:
+            yield self.event({"role": "assistant", "content": ""})
+            async for last in pump.chunks(first):
+                if last.delta:
+                    yield self.event({"content": last.delta})
+            if last.finish_reason == "error":
+                error = chunk_error(last)
+                yield f"data: {json.dumps({'error': {'message': str(error), 'type': error.type, 'code': error.code}})}\n\n"
+                return
+            yield self.event({}, finish_of(last))
+            if include_usage:
+                yield self.event(None, usage=usage_of(last))
+            yield "data: [DONE]\n\n"
+        finally:
+            pump.cancel.cancel()  # no-op after a normal end; stops the model when the client left
+
+
+def finish_of(chunk: Chunk) -> str:
+    return "length" if chunk.finish_reason == "length" else "stop"
+
+
+def usage_of(chunk: Chunk) -> dict:
+    prompt, completion = chunk.stats.prompt_tokens, chunk.stats.new_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -1,0 +1,42 @@
+"""What the hub has been doing: counts per model and outcome, recent generations, memory.
+
+Served as JSON at `/metrics`; a load test or an operator reads busy/cancelled counts and RSS there.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import asdict
+
+import psutil
+
+
+class Metrics:
+    def __init__(self, recent: int = 100):
+        self.counts: Counter = Counter()  # (model, outcome) -> n; outcome: a finish reason or error code
+        self.recent: deque = deque(maxlen=recent)
+        self._lock = threading.Lock()
+
+    def count(self, model: str, outcome: str) -> None:
+        with self._lock:
+            self.counts[(model, outcome)] += 1
+
+    def finished(self, model: str, chunk, client: str = "") -> None:
+        outcome = chunk.code if chunk.finish_reason == "error" and chunk.code else chunk.finish_reason
+        with self._lock:
+            self.counts[(model, outcome)] += 1
+            self.recent.append({"model": model, "finish_reason": chunk.finish_reason, "code": chunk.code,
+                                "client": client, "at": time.time(), "text_chars": len(chunk.text),
+                                **asdict(chunk.stats)})
+
+    def snapshot(self, manager) -> dict:
+        with self._lock:
+            counts: dict = {}
+            for (model, outcome), n in self.counts.items():
+                counts.setdefault(model, {})[outcome] = n
+            recent = list(self.recent)
+        gates = {m.id: {"in_flight": m.gate.in_flight, "rejected_busy": m.gate.rejected}
+                 for m in manager.loaded_models()}
+        return {"rss_bytes": psutil.Process().memory_info().rss, "counts": counts, "models": gates,
+                "recent": recent}
