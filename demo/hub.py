@@ -56,3 +56,13 @@ class Hub:
 
     def state(self, model_id: str) -> ModelState:
         return self.manager.state(model_id)
+
+
+def ui_client(request) -> str:
+    """The client a UI event counts against for the rate limit: its user, else its address."""
+    if request is None:
+        return "local"
+    if getattr(request, "username", None):
+        return f"user:{request.username}"
+    client = getattr(request, "client", None)
+    return f"ip:{getattr(client, 'host', None) or 'unknown'}"

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import gradio as gr
+
 from ..engine import CancelToken, Chunk, stream_chat
-from ..hub import Hub
+from ..hub import Hub, ui_client
+from ..limits import LimitError
 from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
@@ -61,18 +64,30 @@ def new_session() -> ChatSession:
     return ChatSession()
 
 
-def user_message(text: str, session: ChatSession):
+def user_message(text: str, session: ChatSession, request: gr.Request = None, hub: Hub | None = None):
     """Append the user's message at once (no queue); the reply streams in the next step."""
     session.stop()  # a new message ends a reply still streaming
     text = (text or "").strip()
     if not text:
         return "", session, render(session), "Type a message first."
+    try:
+        if hub is not None:
+            hub.rate.charge(ui_client(request))  # the per-client rate limit, as on the API
+    except LimitError as e:
+        return text, session, render(session), f"⚠️ {e} Nothing was sent."
     if len(text) > MAX_MESSAGE_CHARS:
         return text, session, render(session), (
             f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent.")
     session.turns.append(Turn("user", text))
     session.next_request()
     return "", session, render(session), ""
+
+
+def user_message_for(hub: Hub):
+    """`user_message` with the hub's rate limit; Gradio passes the request (hence the annotation)."""
+    def append(text: str, session: ChatSession, request: gr.Request):
+        return user_message(text, session, request, hub)
+    return append
 
 
 def sampling(custom: bool, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy):
