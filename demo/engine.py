@@ -243,6 +243,8 @@ class _Run:
                 if self.filter.matched is not None:
                     self.halt.cancel()
                     finish = "stop"
+                elif timeout_s is not None and last_token - self.started > timeout_s:
+                    finish = self._timed_out(timeout_s)  # a steady stream must end too, not just a stall
                 elif delta:
                     yield self._chunk(delta)
             if self.filter.matched is None and finish != "error":
@@ -283,12 +285,17 @@ class _Run:
             self.failure = self.failure or GenerationError("the generation thread ended without a result")
             return "error"
         if timeout_s is not None and running_s > timeout_s:
-            self.failure = GenerationError(f"generation took longer than {timeout_s:g} s")
-            self.code = TIMEOUT
+            return self._timed_out(timeout_s)
         elif stalled_s > stall_timeout_s:
             self.failure = GenerationError(f"no token for {stall_timeout_s:g} s")
         else:
             return None
+        self.halt.cancel()
+        return "error"
+
+    def _timed_out(self, timeout_s: float) -> str:
+        self.failure = GenerationError(f"generation took longer than {timeout_s:g} s")
+        self.code = TIMEOUT
         self.halt.cancel()
         return "error"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import sys
 import threading
+from pathlib import Path
 
 import gradio as gr
 import uvicorn
@@ -85,6 +86,12 @@ def open_tunnel(host: str, port: int, share_server: str | None, wait_s: float = 
 
 
 def _reason(error: BaseException) -> str:
+    from gradio.tunneling import BINARY_PATH
+
     cause = error.__cause__ or error.__context__
-    text = f"{error}" + (f": {type(cause).__name__}: {cause}" if cause else "")
-    return " ".join(text.split())[:300]
+    text = f"{type(error).__name__}: {error}"
+    if cause and str(cause) != str(error):
+        text = f"{error}: {type(cause).__name__}: {cause}"
+    if not Path(BINARY_PATH).exists() and "Gradio API Server" not in str(error):
+        text = f"the tunnel program {BINARY_PATH} is missing and could not be fetched: {text}"
+    return " ".join(text.split())[:400]
