@@ -273,8 +273,11 @@ def cmd_serve(args) -> int:
     except AuthError as e:
         raise CliError(str(e)) from None
     except ValidationError as e:
+        from .app import LIMIT_ARGS
+
         first = e.errors()[0]
-        raise CliError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        flag = {field: arg for arg, field in LIMIT_ARGS.items()}.get(first["loc"][0], first["loc"][0])
+        raise CliError(f"--{flag.replace('_', '-')}: {first['msg']}") from None
 
 
 def cmd_hash_password(args) -> int:
