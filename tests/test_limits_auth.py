@@ -135,3 +135,16 @@ def test_local_entry_cannot_take_remote_keys():
     text = "models:\n  - id: a\n    name: A\n    source: {path: /x}\n    base_url: http://h/v1\n"
     with pytest.raises(RegistryError, match="base_url only apply to `backend: openai`"):
         parse_registry(text, "r.yaml")
+
+
+def test_chat_tab_send_is_rate_limited_per_client_and_keeps_the_text():
+    from demo.hub import Hub
+    from demo.manager import ModelManager
+    from demo.ui import chat_handlers as h
+
+    registry = parse_registry(REMOTE.replace("requests_per_minute: 0", "requests_per_minute: 1"), "reg.yaml")
+    hub = Hub(registry, ModelManager(registry))
+    session = h.new_session()
+    assert h.user_message("first", session, None, hub)[3] == ""
+    text, session, view, status = h.user_message("second", session, None, hub)
+    assert text == "second" and "too many requests" in status and len(session.turns) == 1

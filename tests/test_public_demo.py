@@ -56,8 +56,8 @@ models:
     try:
         hub.wait_http(f"http://127.0.0.1:{hub_port}/v1/models", 240)
         remote.wait_http(f"http://127.0.0.1:{remote_port}/health", 120)
-        yield {"hub": hub, "url": f"http://127.0.0.1:{hub_port}", "remote_url": f"http://127.0.0.1:{remote_port}/v1",
-               "registry": tmp / "registry.yaml"}
+        yield {"hub": hub, "url": f"http://127.0.0.1:{hub_port}", "tiny": tiny,
+               "remote_url": f"http://127.0.0.1:{remote_port}/v1", "registry": tmp / "registry.yaml"}
     finally:
         hub.stop()
         remote.stop()
@@ -167,6 +167,28 @@ def test_remote_model_streams_through_the_ui_path(servers):
     assert turn.role == "assistant" and turn.model == "remote-tiny" and turn.content
     assert "⚠️" not in turn.footer and "6 tokens" in turn.footer and "length" in turn.footer
     assert len(updates) >= 4  # it streamed
+
+
+def test_remote_generation_cancels_and_a_dead_remote_is_an_error_not_a_crash(servers):
+    from demo.engine import CancelToken, stream_chat
+    from demo.registry import parse_registry
+    from demo.manager import ModelManager
+
+    registry = parse_registry(f"""
+models:
+  - {{id: tiny, name: Tiny, backend: openai, base_url: "{servers['remote_url']}", remote_model: "{servers['tiny']}"}}
+  - {{id: dead, name: Dead, backend: openai, base_url: "http://127.0.0.1:9/v1"}}
+""")
+    manager = ModelManager(registry)
+    tiny = manager.get("tiny")
+    cancel, deltas = CancelToken(), []
+    for chunk in stream_chat(tiny, FRANCE, tiny.defaults.override({"max_new_tokens": 200}), cancel):
+        deltas.append(chunk.delta)
+        if len(deltas) == 3:
+            cancel.cancel()
+    assert chunk.finish_reason == "cancelled" and len(deltas) <= 5
+    dead = list(stream_chat(manager.get("dead"), FRANCE))[-1]
+    assert dead.finish_reason == "error" and dead.code == "remote_error" and "127.0.0.1:9" in dead.error
 
 
 # -- auth on the UI ---------------------------------------------------------------------------------
