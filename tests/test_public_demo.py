@@ -23,9 +23,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 def servers(tmp_path_factory, registry):
     """One `transformers serve` (tiny random Llama) and one hub in front of it and the default model."""
     tmp = tmp_path_factory.mktemp("public")
-    tiny = make_tiny_chat_model(tmp / "tiny")
-    remote_port, hub_port = free_port(), free_port()
-    remote = start_transformers_serve(tiny, remote_port, tmp / "hf")
+    tiny, remote_port, hub_port = tmp / "tiny", free_port(), free_port()
     smollm = registry.get("smollm2-135m").source
     (tmp / "registry.yaml").write_text(f"""
 limits:
@@ -53,14 +51,18 @@ models:
 """)
     hub = start_hub(tmp / "registry.yaml", hub_port, "--preload", "--api-key", KEY, "--api-key", RATE_KEY,
                     "--auth", f"{USER}:{PASSWORD}")
+    remote = None
     try:
+        make_tiny_chat_model(tiny)  # while the hub starts; the remote is reached only when used
+        remote = start_transformers_serve(tiny, remote_port, tmp / "hf")
         hub.wait_http(f"http://127.0.0.1:{hub_port}/v1/models", 240)
         remote.wait_http(f"http://127.0.0.1:{remote_port}/health", 120)
         yield {"hub": hub, "url": f"http://127.0.0.1:{hub_port}", "tiny": tiny,
                "remote_url": f"http://127.0.0.1:{remote_port}/v1", "registry": tmp / "registry.yaml"}
     finally:
         hub.stop()
-        remote.stop()
+        if remote is not None:
+            remote.stop()
 
 
 @pytest.fixture(scope="module")
