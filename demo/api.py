@@ -150,15 +150,21 @@ async def _chat(hub: Hub, request: Request):
     cancel = CancelToken()
     stream = stream_chat(loaded, body.plain_messages(), params, cancel)
     pump = _Pump(stream, cancel, lambda last: hub.metrics.finished(body.model, last, client))
-    first = await pump.next()
-    if first.finish_reason == "error" and not first.text:
-        raise chunk_error(first)
-    reply = _Reply(body.model, hub, client)
-    if body.stream:
-        usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(reply.sse(pump, first, usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    last = await pump.last(first, request)
+    # Until the response streams, a client that leaves (also while waiting for the model) cancels here.
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+    try:
+        first = await pump.next()
+        if first.finish_reason == "error" and not first.text:
+            raise chunk_error(first)
+        reply = _Reply(body.model)
+        if body.stream:
+            watcher.cancel()  # from here Starlette notices the disconnect and closes reply.sse
+            usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(reply.sse(pump, first, usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        last = await pump.last(first)
+    finally:
+        watcher.cancel()
     if last.finish_reason == "error":
         raise chunk_error(last)
     return reply.completion(last)
@@ -236,16 +242,11 @@ class _Pump:
             if chunk is _DONE:
                 return
 
-    async def last(self, first: Chunk, request: Request) -> Chunk:
-        """Consume to the end; a client gone meanwhile cancels the generation."""
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, self.cancel))
-        try:
-            last = first
-            async for last in self.chunks(first):
-                pass
-            return last
-        finally:
-            watcher.cancel()
+    async def last(self, first: Chunk) -> Chunk:
+        last = first
+        async for last in self.chunks(first):
+            pass
+        return last
 
 
 async def _cancel_on_disconnect(request: Request, cancel: CancelToken) -> None:
@@ -257,8 +258,8 @@ async def _cancel_on_disconnect(request: Request, cancel: CancelToken) -> None:
 
 
 class _Reply:
-    def __init__(self, model: str, hub: Hub, client: str):
-        self.model, self.hub, self.client = model, hub, client
+    def __init__(self, model: str):
+        self.model = model
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def completion(self, last: Chunk) -> dict:

@@ -38,9 +38,8 @@ def serve(args) -> int:
     from .server import run
 
     hub = make_hub(args.registry, args.memory_budget_gb)
-    hub.registry.limits = limits_from_args(hub.registry.limits, args)
+    hub.set_limits(limits_from_args(hub.registry.limits, args))
     hub.access = build_access(args.auth, args.auth_file, args.api_key)
-    hub.__post_init__()  # the rate limiter follows the limits just set
     for state in hub.manager.states():
         if state.status == "unavailable":
             print(f"note: {state.id} is unavailable: {state.detail}", file=sys.stderr)

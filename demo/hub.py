@@ -25,6 +25,11 @@ class Hub:
     def __post_init__(self):
         self.rate = RateLimiter(self.registry.limits.requests_per_minute)
 
+    def set_limits(self, limits) -> None:
+        """New limits (e.g. from the command line), before models load: they take them on at load."""
+        self.registry.limits = limits
+        self.rate = RateLimiter(limits.requests_per_minute)
+
     def choices(self) -> list[tuple[str, str]]:
         """(label, id) pairs for model dropdowns, every registry entry."""
         return [(f"{e.name} ({e.id})", e.id) for e in self.registry]
