@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .engine import CancelToken, Chunk, stream_chat
-from .hub import Hub
+from .hub import Hub, client_address
 from .limits import BUSY, RATE_LIMITED, TIMEOUT, REMOTE_ERROR, LimitError
 from .manager import UNAVAILABLE, ModelLoadError
 from .registry import UnknownModelError
@@ -103,7 +103,7 @@ def client_of(request: Request, hub: Hub) -> str:
     if hub.access.enabled:
         raise ApiError(401, "this hub needs an API key: send `Authorization: Bearer KEY` "
                             "(an --api-key, or user:password of an --auth user)", code="invalid_api_key")
-    return f"ip:{request.client.host if request.client else 'unknown'}"
+    return f"ip:{client_address(request.client.host if request.client else None, request.headers)}"
 
 
 def build_api_router(hub: Hub) -> APIRouter:

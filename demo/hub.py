@@ -70,4 +70,11 @@ def ui_client(request) -> str:
     if getattr(request, "username", None):
         return f"user:{request.username}"
     client = getattr(request, "client", None)
-    return f"ip:{getattr(client, 'host', None) or 'unknown'}"
+    return f"ip:{client_address(getattr(client, 'host', None), getattr(request, 'headers', None) or {})}"
+
+
+def client_address(host: str | None, headers) -> str:
+    """The caller's address. Behind a local proxy or the share tunnel (which connect from loopback) every
+    visitor would share one address, so there the X-Forwarded-For header names the visitor."""
+    forwarded = headers.get("x-forwarded-for", "") if host in ("127.0.0.1", "::1") else ""
+    return forwarded.split(",")[0].strip() or host or "unknown"

@@ -148,3 +148,12 @@ def test_chat_tab_send_is_rate_limited_per_client_and_keeps_the_text():
     assert h.user_message("first", session, None, hub)[3] == ""
     text, session, view, status = h.user_message("second", session, None, hub)
     assert text == "second" and "too many requests" in status and len(session.turns) == 1
+
+
+def test_client_address_trusts_forwarded_for_only_from_loopback():
+    from demo.hub import client_address
+
+    forwarded = {"x-forwarded-for": "203.0.113.7, 10.0.0.1"}
+    assert client_address("127.0.0.1", forwarded) == "203.0.113.7"  # the share tunnel / a local proxy
+    assert client_address("198.51.100.2", forwarded) == "198.51.100.2"  # a visitor cannot pick its name
+    assert client_address("127.0.0.1", {}) == "127.0.0.1"
