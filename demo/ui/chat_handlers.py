@@ -64,7 +64,8 @@ def new_session() -> ChatSession:
     return ChatSession()
 
 
-def user_message(text: str, session: ChatSession, request: gr.Request = None, hub: Hub | None = None):
+def user_message(text: str, session: ChatSession, request: gr.Request | None = None,
+                 hub: Hub | None = None):
     """Append the user's message at once (no queue); the reply streams in the next step."""
     session.stop()  # a new message ends a reply still streaming
     text = (text or "").strip()

@@ -43,7 +43,8 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
 
     reply = functools.partial(h.bot_reply, hub)
     reply_io = dict(fn=reply, inputs=[session, model, system, *controls], outputs=[session, chatbot, status])
-    append_io = dict(fn=h.user_message_for(hub), inputs=[message, session], outputs=[message, session, chatbot, status],
+    append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
+                     outputs=[message, session, chatbot, status],
                      queue=False)
     submitted = [message.submit(**append_io, api_name="send").then(**reply_io, api_name="reply"),
                  send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private")]
