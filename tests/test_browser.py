@@ -192,4 +192,5 @@ def test_models_tab_lists_every_entry_with_its_state(page, hub_server):
     assert wait_for_state(page, TINY, "not loaded")[TINY][3] == "not loaded"
     page.locator("#models-load").click()
     assert wait_for_state(page, TINY, "ready")[TINY][3] == "ready"
-    assert f"{TINY} is ready" in page.locator("#models-info").inner_text()
+    assert f"{TINY} is ready" in page.locator("#models-action").inner_text()
+    assert "MB of a" in page.locator("#models-info").inner_text()

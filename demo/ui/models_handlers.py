@@ -32,11 +32,11 @@ def load(hub: Hub, model_id: str):
         return
     try:
         for item in hub.load_with_progress(model_id, every_s=1.0):
-            yield table(hub), item if isinstance(item, str) else f"**{model_id}** is ready. " + summary(hub)
+            yield table(hub), item if isinstance(item, str) else f"**{model_id}** is ready."
     except ModelLoadError as e:
         yield table(hub), f"⚠️ {e}"
 
 
 def unload(hub: Hub, model_id: str):
     done = hub.manager.unload(model_id) if model_id else False
-    return table(hub), (f"Unloaded **{model_id}**. " if done else "Nothing to unload. ") + summary(hub)
+    return table(hub), f"Unloaded **{model_id}**." if done else "Nothing to unload."

@@ -18,8 +18,11 @@ def build_models_tab(hub: Hub) -> dict:
         choice = gr.Dropdown(hub.choices(), label="Model", scale=3, elem_id="models-choice")
         load = gr.Button("Load", variant="primary", elem_id="models-load")
         unload = gr.Button("Unload", elem_id="models-unload")
-    load.click(functools.partial(h.load, hub), choice, [grid, info], concurrency_limit=None, api_name="load_model")
-    unload.click(functools.partial(h.unload, hub), choice, [grid, info], api_name="unload_model")
+    # The outcome of Load / Unload has its own line, so the timer's refresh of the summary keeps it.
+    outcome = gr.Markdown(elem_id="models-action")
+    load.click(functools.partial(h.load, hub), choice, [grid, outcome], concurrency_limit=None,
+               api_name="load_model")
+    unload.click(functools.partial(h.unload, hub), choice, [grid, outcome], api_name="unload_model")
     # Keeps states fresh (a model loading from the Chat tab, an eviction) while the tab is open.
     gr.Timer(2.0).tick(functools.partial(h.refresh, hub), None, [grid, info], queue=False, show_progress="hidden",
                             api_name="model_states")
