@@ -7,8 +7,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .manager import ModelManager, ModelState
+from .manager import ERROR, UNAVAILABLE, ModelManager, ModelState
 from .registry import Registry
+from .votes import VoteStore
 
 
 @dataclass
@@ -16,10 +17,15 @@ class Hub:
     registry: Registry
     manager: ModelManager
     options: dict = field(default_factory=dict)
+    votes: VoteStore | None = None  # arena votes and shared transcripts
 
     def choices(self) -> list[tuple[str, str]]:
         """(label, id) pairs for model dropdowns, every registry entry."""
         return [(f"{e.name} ({e.id})", e.id) for e in self.registry]
+
+    def available_ids(self) -> list[str]:
+        """Models that can be used now: weights present and no failed load."""
+        return [s.id for s in self.manager.states() if s.status not in (UNAVAILABLE, ERROR)]
 
     def load_with_progress(self, model_id: str, every_s: float = 0.5) -> Iterator[str | object]:
         """Yield "loading ... s" messages while `model_id` loads; the last item is the LoadedModel.
