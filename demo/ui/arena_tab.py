@@ -30,7 +30,7 @@ def build_arena_tab(hub: Hub) -> dict:
     result = gr.Markdown(elem_id="arena-result")
 
     reply_io = dict(fn=functools.partial(h.reply, hub), inputs=session, outputs=[session, *chatbots, status],
-                    concurrency_limit=None)
+                    concurrency_limit=None, show_progress="hidden")
     append_io = dict(fn=functools.partial(h.user_message, hub), inputs=[message, session],
                      outputs=[message, session, *chatbots, status], queue=False)
     streaming = [message.submit(**append_io, api_name="arena_send").then(**reply_io, api_name="arena_reply"),
