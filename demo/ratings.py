@@ -55,15 +55,22 @@ def battles_from_votes(votes: Iterable) -> list[Battle]:
 
 def tallies(battles: Sequence[Battle], models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """wins[i, j]: points i scored against j; games[i, j]: battles between i and j (symmetric)."""
+    return _tally(*_indexed(battles, models), len(models))
+
+
+def _indexed(battles: Sequence[Battle], models: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     index = {m: k for k, m in enumerate(models)}
-    wins = np.zeros((len(models), len(models)))
-    games = np.zeros_like(wins)
-    for b in battles:
-        i, j = index[b.model_a], index[b.model_b]
-        wins[i, j] += b.score_a
-        wins[j, i] += 1.0 - b.score_a
-        games[i, j] += 1
-        games[j, i] += 1
+    a = np.array([index[b.model_a] for b in battles], dtype=int)
+    b = np.array([index[b.model_b] for b in battles], dtype=int)
+    return a, b, np.array([x.score_a for x in battles], dtype=float)
+
+
+def _tally(a: np.ndarray, b: np.ndarray, score: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    wins, games = np.zeros((n, n)), np.zeros((n, n))
+    np.add.at(wins, (a, b), score)
+    np.add.at(wins, (b, a), 1.0 - score)
+    np.add.at(games, (a, b), 1.0)
+    np.add.at(games, (b, a), 1.0)
     return wins, games
 
 
@@ -98,10 +105,12 @@ def bootstrap(battles: Sequence[Battle], models: Sequence[str], rounds: int = 20
               l2: float = 0.01, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile intervals of each rating over `rounds` resamplings of the battles (with replacement)."""
     rng = np.random.default_rng(seed)
+    a, b, score = _indexed(battles, models)
     samples = np.empty((rounds, len(models)))
     for r in range(rounds):
         picked = rng.integers(0, len(battles), len(battles))
-        samples[r] = ratings([battles[k] for k in picked], models, l2)
+        wins, games = _tally(a[picked], b[picked], score[picked], len(models))
+        samples[r] = BASE + SCALE * fit_strengths(wins, games, l2)
     tail = (1.0 - level) / 2 * 100
     return np.percentile(samples, tail, axis=0), np.percentile(samples, 100 - tail, axis=0)
 
