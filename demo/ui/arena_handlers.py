@@ -15,6 +15,7 @@ from ..compare import Comparison, own_defaults
 from ..hub import Hub
 from ..votes import VoteError
 from .chat_handlers import MAX_MESSAGE_CHARS
+from .compare_handlers import UI_TICK_S
 
 SIDES = ("A", "B")
 
@@ -49,7 +50,7 @@ def chat_view(session: ArenaSession, side: int, live=None):
     if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] and session.errors[side]:
         turns[-1] = {"role": "assistant", "content": "⚠️ This model failed to answer."}
     label = f"Model {SIDES[side]}" + (f": {r.models[side]}" if r and r.vote else "")
-    return gr.Chatbot(value=turns, label=label)
+    return gr.update(value=turns, label=label)
 
 
 def views(session: ArenaSession, live=None) -> list:
@@ -103,7 +104,7 @@ def reply(hub: Hub, session: ArenaSession):
     r.streaming, r.finish = True, [None, None]
     try:
         panes = comparison.start().snapshot()
-        for panes in comparison.stream():
+        for panes in comparison.stream(UI_TICK_S):
             yield session, *views(session, panes), "Both models are answering…"
         for side, pane in enumerate(panes):
             r.conversations[side].append({"role": "assistant", "content": pane.text})

@@ -14,6 +14,9 @@ from ..hub import Hub
 from .chat_handlers import MAX_MESSAGE_CHARS, sampling
 
 MIN_MODELS = 2
+# Screen updates per pane: 4 Chatbots re-rendered 10 times a second kept a small CPU's browser too busy to
+# take a click on Stop; 4 a second still reads as streaming.
+UI_TICK_S = 0.25
 
 
 @dataclass
@@ -85,8 +88,8 @@ def views(session: CompareSession, live: list[Pane] | None = None) -> list:
 def layout(hub: Hub, ids):
     """Show one pane per chosen model, titled with its id; a status line for a bad choice."""
     ids = list(ids or [])
-    columns = [gr.Column(visible=k < max(len(ids), MIN_MODELS)) for k in range(MAX_MODELS)]
-    chatbots = [gr.Chatbot(label=ids[k] if k < len(ids) else f"Model {k + 1}") for k in range(MAX_MODELS)]
+    columns = [gr.update(visible=k < max(len(ids), MIN_MODELS)) for k in range(MAX_MODELS)]
+    chatbots = [gr.update(label=ids[k] if k < len(ids) else f"Model {k + 1}") for k in range(MAX_MODELS)]
     return [*columns, *chatbots, check_models(hub, ids) if ids else ""]
 
 
@@ -116,7 +119,7 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls):
     session.comparison = comparison = Comparison(
         hub.manager.get, [(m, for_model(session.turns[m])) for m in models], params_for)
     panes = comparison.start().snapshot()
-    for panes in comparison.stream():
+    for panes in comparison.stream(UI_TICK_S):
         yield session, *views(session, panes), ""
     for model, pane in zip(models, panes):  # reached only when every pane finished
         session.turns[model].append({"role": "assistant", "content": pane.text,

@@ -18,15 +18,15 @@ def on_load(hub: Hub, query: dict) -> list:
     if query.get("model"):
         model = query["model"].strip()
         if model in hub.registry:
-            tabs, chat_model = gr.Tabs(selected="chat"), gr.Dropdown(value=model)
+            tabs, chat_model = gr.update(selected="chat"), gr.update(value=model)
         else:
             chat_status = f"⚠️ The link asks for model `{model}`, which this hub does not have."
     if query.get("compare"):
         ids = [i.strip() for i in query["compare"].split(",") if i.strip()]
         known = [i for i in dict.fromkeys(ids) if i in hub.registry]
-        tabs, compare_models = gr.Tabs(selected="compare"), gr.Dropdown(value=known[:4])
+        tabs, compare_models = gr.update(selected="compare"), gr.update(value=known[:4])
         compare_status = compare_handlers.check_models(hub, ids)
     if query.get(share_handlers.LINK_PARAM):
-        tabs = gr.Tabs(selected="shared")
-        shared = [gr.Tab(visible=True), *share_handlers.transcript_view(hub, query[share_handlers.LINK_PARAM])]
+        tabs = gr.update(selected="shared")
+        shared = [gr.update(visible=True), *share_handlers.transcript_view(hub, query[share_handlers.LINK_PARAM])]
     return [tabs, chat_model, chat_status, compare_models, compare_status, *shared]

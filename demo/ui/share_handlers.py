@@ -32,16 +32,25 @@ def share(hub: Hub, payload: dict, request: gr.Request | None) -> str:
     return f"Read-only link: [{link}]({link})"
 
 
+def chat_transcript(session) -> dict:
+    """The Chat tab's conversation as one pane; each reply keeps its signature (model and stats)."""
+    from .chat_handlers import render
+
+    models = list(dict.fromkeys(t.model for t in session.turns if t.role == "assistant" and t.model))
+    return {"kind": "chat", "panes": [{"model": ", ".join(models) or "chat", "messages": render(session),
+                                       "footer": ""}]}
+
+
 def transcript_view(hub: Hub, token: str):
     """(header, 4 chatbots) for the Shared tab; unused chatbots are hidden."""
     data = hub.votes.transcript(token) if hub.votes is not None and token else None
     if data is None:
         return [f"⚠️ No shared conversation has the id `{token}`.",
-                *[gr.Chatbot(value=[], visible=False) for _ in range(MAX_MODELS)]]
+                *[gr.update(value=[], visible=False) for _ in range(MAX_MODELS)]]
     panes = data.get("panes", [])[:MAX_MODELS]
     what = "conversation" if len(panes) == 1 else f"comparison of {len(panes)} models"
     header = f"### Shared {what} (read-only) · saved {data['created_at'][:16].replace('T', ' ')} UTC"
-    chatbots = [gr.Chatbot(value=p["messages"], label=p["model"] + (f" · {p['footer']}" if p.get("footer") else ""),
+    chatbots = [gr.update(value=p["messages"], label=p["model"] + (f" · {p['footer']}" if p.get("footer") else ""),
                            visible=True) for p in panes]
-    chatbots += [gr.Chatbot(value=[], visible=False) for _ in range(MAX_MODELS - len(panes))]
+    chatbots += [gr.update(value=[], visible=False) for _ in range(MAX_MODELS - len(panes))]
     return [header, *chatbots]
