@@ -135,12 +135,6 @@ class Comparison:
             self._update(index, state=DONE, finish_reason="error", error=str(e) or type(e).__name__)
 
 
-def compare(load: Callable[[str], LoadedModel], requests: Sequence[tuple[str, list[dict]]],
-            params_for: Callable[[LoadedModel], GenerationParams], tick_s: float = 0.1) -> Iterator[list[Pane]]:
-    """Convenience: start a Comparison and stream its snapshots."""
-    yield from Comparison(load, requests, params_for).start().stream(tick_s)
-
-
 def own_defaults(loaded: LoadedModel) -> GenerationParams:
     return loaded.defaults
 

@@ -85,12 +85,17 @@ def views(session: CompareSession, live: list[Pane] | None = None) -> list:
     return [*chats, *footers]
 
 
-def layout(hub: Hub, ids):
-    """Show one pane per chosen model, titled with its id; a status line for a bad choice."""
+def layout(ids):
+    """Show one pane per chosen model, titled with its id."""
     ids = list(ids or [])
     columns = [gr.update(visible=k < max(len(ids), MIN_MODELS)) for k in range(MAX_MODELS)]
     chatbots = [gr.update(label=ids[k] if k < len(ids) else f"Model {k + 1}") for k in range(MAX_MODELS)]
-    return [*columns, *chatbots, check_models(hub, ids) if ids else ""]
+    return [*columns, *chatbots]
+
+
+def choice_status(hub: Hub, ids) -> str:
+    """What is wrong with the user's choice, if anything (a link's own message is left alone)."""
+    return check_models(hub, ids) if ids else ""
 
 
 def user_message(hub: Hub, text: str, ids, session: CompareSession):

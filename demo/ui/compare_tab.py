@@ -52,8 +52,9 @@ def build_compare_tab(hub: Hub) -> dict:
     controls = [temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy]
     panes = [*chatbots, *footers]
 
-    models.change(functools.partial(h.layout, hub), models, [*columns, *chatbots, status], queue=False,
-                  api_visibility="private")
+    # change: also when a ?compare= link sets the models; input: only the user's own choice gets a verdict.
+    models.change(h.layout, models, [*columns, *chatbots], queue=False, api_visibility="private")
+    models.input(functools.partial(h.choice_status, hub), models, status, queue=False, api_visibility="private")
     reply_io = dict(fn=functools.partial(h.reply, hub), inputs=[session, own, *controls],
                     outputs=[session, *panes, status], concurrency_limit=None,
                     show_progress="hidden")  # panes show their own progress; overlays would make buttons jump

@@ -19,6 +19,6 @@ def build_leaderboard_tab(hub: Hub) -> dict:
                 "the row model won.")
     grid = gr.Dataframe(interactive=False, elem_id="leaderboard-matrix")
     outputs = [summary, table, plot, grid]
-    update = dict(fn=functools.partial(h.refresh, hub), inputs=None, outputs=outputs)
+    update = dict(fn=functools.partial(h.refresh, hub), inputs=None, outputs=outputs, show_progress="hidden")
     refresh.click(**update, api_name="leaderboard")
     return {"outputs": outputs, "update": update}

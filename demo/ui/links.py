@@ -5,8 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from ..hub import Hub
+from ..compare import MAX_MODELS
 from . import compare_handlers, share_handlers
-
 
 
 def on_load(hub: Hub, query: dict) -> list:
@@ -24,7 +24,7 @@ def on_load(hub: Hub, query: dict) -> list:
     if query.get("compare"):
         ids = [i.strip() for i in query["compare"].split(",") if i.strip()]
         known = [i for i in dict.fromkeys(ids) if i in hub.registry]
-        tabs, compare_models = gr.update(selected="compare"), gr.update(value=known[:4])
+        tabs, compare_models = gr.update(selected="compare"), gr.update(value=known[:MAX_MODELS])
         compare_status = compare_handlers.check_models(hub, ids)
     if query.get(share_handlers.LINK_PARAM):
         tabs = gr.update(selected="shared")
