@@ -114,3 +114,16 @@ def test_chat_transcript_keeps_signatures(hub):
     link = share_handlers.share(hub, payload, None)
     token = link.split("?transcript=")[1].split("]")[0]
     assert hub.votes.transcript(token)["panes"][0]["model"] == "alpha"
+
+
+def test_a_replaced_round_does_not_write_into_the_conversation(hub):
+    session = compare.new_session()
+    compare.user_message(hub, "hi", ["alpha", "beta"], session)
+    old = compare.reply(hub, session, True)
+    next(old)
+    compare.retry(session)  # Regenerate while the first round still streams
+    last(old)  # the old round ends (cancelled) after the new one took over
+    assert session.turns["alpha"] == [{"role": "user", "content": "hi"}]
+    session, *views, _ = last(compare.reply(hub, session, True))
+    assert bot_texts(views, 2) == ["alpha says hi", "beta answers"]
+    assert [t["role"] for t in session.turns["beta"]] == ["user", "assistant"]

@@ -27,8 +27,14 @@ class ArenaSession:
     errors: tuple = (None, None)  # the last reply's error per side (shown unnamed before the vote)
 
     def stop(self) -> None:
+        """Stop both answers; what they wrote so far stays and can be voted on."""
         if self.comparison is not None:
             self.comparison.cancel_all()
+
+    def discard(self) -> None:
+        """End the running answers and drop them (a new message, a new round, a closed tab)."""
+        self.stop()
+        self.comparison = None
 
 
 def new_session() -> ArenaSession:
@@ -36,7 +42,7 @@ def new_session() -> ArenaSession:
 
 
 def start_round(hub: Hub, session: ArenaSession, rng: random.Random | None = None) -> None:
-    session.stop()
+    session.discard()
     session.round = ArenaRound(draw_pair(hub.available_ids(), rng))
     session.comparison, session.errors = None, (None, None)
 
@@ -74,7 +80,7 @@ def new_round(hub: Hub, session: ArenaSession):
 
 
 def user_message(hub: Hub, text: str, session: ArenaSession):
-    session.stop()
+    session.discard()
     text = (text or "").strip()
     problem = "Type a message first." if not text else ""
     if not problem and len(text) > MAX_MESSAGE_CHARS:
@@ -106,6 +112,8 @@ def reply(hub: Hub, session: ArenaSession):
         panes = comparison.start().snapshot()
         for panes in comparison.stream(UI_TICK_S):
             yield session, *views(session, panes), "Both models are answering…"
+        if session.comparison is not comparison:  # a new message or round replaced it: nothing to keep
+            return
         for side, pane in enumerate(panes):
             r.conversations[side].append({"role": "assistant", "content": pane.text})
             r.settings[side], r.finish[side] = pane.params, pane.finish_reason

@@ -11,7 +11,7 @@ from . import arena_handlers as h
 
 
 def build_arena_tab(hub: Hub) -> dict:
-    session = gr.State(h.new_session, delete_callback=lambda s: s.stop())
+    session = gr.State(h.new_session, delete_callback=lambda s: s.discard())
     gr.Markdown("Two models drawn at random answer anonymously. Chat, then vote: the names appear after "
                 "your vote. Votes feed the Leaderboard.")
     with gr.Row(equal_height=True):

@@ -27,8 +27,10 @@ class CompareSession:
     comparison: Comparison | None = None
 
     def stop(self) -> None:
+        """End the running round and drop its results (a new message, Regenerate, Clear, a closed tab)."""
         if self.comparison is not None:
             self.comparison.cancel_all()
+        self.comparison = None
 
     def reset(self, models: list[str]) -> None:
         self.stop()
@@ -126,6 +128,8 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls):
     panes = comparison.start().snapshot()
     for panes in comparison.stream(UI_TICK_S):
         yield session, *views(session, panes), ""
+    if session.comparison is not comparison:  # replaced meanwhile (Regenerate, a new message): not ours to keep
+        return
     for model, pane in zip(models, panes):  # reached only when every pane finished
         session.turns[model].append({"role": "assistant", "content": pane.text,
                                      "error": pane.error if pane.finish_reason == "error" else None})
