@@ -1,4 +1,4 @@
-"""`python -m demo ...`: serve, list, chat, prompt, generate."""
+"""`python -m demo ...`: serve, list, chat, prompt, generate, leaderboard."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--memory-budget-gb", type=float, help="evict models above this (default: registry)")
     serve.add_argument("--preload", action="store_true", help="load the default model before serving")
     add_public_args(serve)
+    serve.add_argument("--votes", help="SQLite file for arena votes and shared transcripts "
+                                       "(default: $HUB_VOTES or data/votes.sqlite3)")
     serve.set_defaults(run=cmd_serve)
 
     hashpw = sub.add_parser("hash-password", help="print an --auth-file line for a user (asks the password)")
@@ -85,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(gen)
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=cmd_generate)
+    board = sub.add_parser("leaderboard", help="print the arena leaderboard; export the votes")
+    board.add_argument("--votes", help="the votes database (default: $HUB_VOTES or data/votes.sqlite3)")
+    board.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds for the intervals")
+    board.add_argument("--jsonl", help="also write every vote to this JSONL file")
+    board.add_argument("--csv", help="also write every vote to this CSV file")
+    board.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    board.set_defaults(run=cmd_leaderboard)
     return parser
 
 
@@ -290,3 +299,38 @@ def cmd_hash_password(args) -> int:
         raise CliError("the passwords are empty or differ")
     print(f"{args.user}:{hash_password(password)}")
     return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from .ratings import battles_from_votes, leaderboard
+    from .votes import VoteStore, export_csv, export_jsonl, votes_path
+
+    path = votes_path(args.votes)
+    if not path.is_file():
+        raise CliError(f"{path}: no votes database here (serve writes it; --votes or $HUB_VOTES picks another)")
+    votes = VoteStore(path).votes()
+    board = leaderboard(battles_from_votes(votes), rounds=max(args.bootstrap, 0))
+    if args.json:
+        print(json.dumps({"votes": board.battles, "models": board.models, "win_rate_matrix": board.matrix,
+                          "rows": [{**asdict(r), "win_rate": r.win_rate} for r in board.rows]}, indent=2))
+    else:
+        print_board(board, path)
+    for target, export in ((args.jsonl, export_jsonl), (args.csv, export_csv)):
+        if target:
+            print(f"wrote {export(votes, target)} votes to {target}", file=sys.stderr)
+    return 0
+
+
+def print_board(board, path) -> None:
+    print(f"{board.battles} votes in {path}")
+    if not board.rows:
+        return
+    width = max(len(r.model) for r in board.rows)
+    print(f"{'#':>2}  {'model':<{width}}  rating  95% interval  votes  wins  losses  ties  win rate")
+    for k, r in enumerate(board.rows, 1):
+        print(f"{k:>2}  {r.model:<{width}}  {r.rating:6.0f}  {r.lower:5.0f} – {r.upper:<5.0f} {r.votes:6d} "
+              f"{r.wins:5d} {r.losses:7d} {r.ties:5d}  {r.win_rate:7.0%}")
+    print("\nwin rate of row vs column (ties count half)")
+    print(" " * (width + 2) + "  ".join(f"{m[:8]:>8}" for m in board.models))
+    for model, line in zip(board.models, board.matrix):
+        print(f"{model:<{width}}  " + "  ".join(f"{'–' if x is None else f'{x:.0%}':>8}" for x in line))

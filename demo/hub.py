@@ -9,9 +9,10 @@ from typing import Iterator
 
 from .auth import Access
 from .limits import RateLimiter
-from .manager import ModelManager, ModelState
+from .manager import ERROR, UNAVAILABLE, ModelManager, ModelState
 from .metrics import Metrics
 from .registry import Registry
+from .votes import VoteStore
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Hub:
     options: dict = field(default_factory=dict)
     access: Access = field(default_factory=Access)  # users and API keys; empty: open
     metrics: Metrics = field(default_factory=Metrics)
+    votes: VoteStore | None = None  # arena votes and shared transcripts
 
     def __post_init__(self):
         self.rate = RateLimiter(self.registry.limits.requests_per_minute)
@@ -33,6 +35,10 @@ class Hub:
     def choices(self) -> list[tuple[str, str]]:
         """(label, id) pairs for model dropdowns, every registry entry."""
         return [(f"{e.name} ({e.id})", e.id) for e in self.registry]
+
+    def available_ids(self) -> list[str]:
+        """Models that can be used now: weights present and no failed load."""
+        return [s.id for s in self.manager.states() if s.status not in (UNAVAILABLE, ERROR)]
 
     def load_with_progress(self, model_id: str, every_s: float = 0.5) -> Iterator[str | object]:
         """Yield "loading ... s" messages while `model_id` loads; the last item is the LoadedModel.

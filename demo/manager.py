@@ -20,6 +20,11 @@ from .registry import ModelEntry, Registry
 
 log = logging.getLogger(__name__)
 
+# Loads run one at a time in the process: two models built at once on different threads (the Compare tab
+# does that) race in the loading machinery (global meta-device / empty-weights patches) and one fails
+# with "Cannot copy out of meta tensor". Generation is unaffected and stays concurrent.
+_LOAD_LOCK = threading.Lock()
+
 UNAVAILABLE, NOT_LOADED, LOADING, READY, ERROR = "unavailable", "not loaded", "loading", "ready", "error"
 
 
@@ -71,7 +76,8 @@ class ModelManager:
     def _load(self, entry: ModelEntry, future: Future) -> None:
         log.info("loading %s", entry.id)
         try:
-            loaded = self.loader(entry)
+            with _LOAD_LOCK:
+                loaded = self.loader(entry)
         except Exception as e:  # any failure stays with this model
             message = f"{type(e).__name__}: {e}"
             log.warning("loading %s failed: %s", entry.id, message)

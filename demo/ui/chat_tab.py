@@ -7,6 +7,7 @@ import gradio as gr
 
 from ..hub import Hub
 from . import chat_handlers as h
+from . import share_handlers
 
 
 def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
@@ -26,6 +27,8 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
         retry = gr.Button("Regenerate", size="sm", elem_id="chat-retry")
         undo = gr.Button("Undo", size="sm", elem_id="chat-undo")
         clear = gr.Button("Clear", size="sm", elem_id="chat-clear")
+        share = gr.Button("Share conversation", size="sm", elem_id="chat-share")
+    link = gr.Markdown(elem_id="chat-link")
     with gr.Accordion("System prompt and sampling", open=False):
         system = gr.Textbox(label="System prompt", lines=2, elem_id="chat-system")
         custom = gr.Checkbox(False, label="Use these sampling settings (off: the model's own defaults)")
@@ -56,6 +59,11 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
     stop.click(h.stop, session, session, queue=False, api_name="stop")
     undo.click(h.undo, session, [message, session, chatbot], cancels=streaming, queue=False, api_name="undo")
     clear.click(h.clear, session, [session, chatbot, status], cancels=streaming, queue=False, api_name="clear")
+
+    def share_conversation(state: h.ChatSession, request: gr.Request):  # a def: Gradio injects the request
+        return share_handlers.share(hub, share_handlers.chat_transcript(state), request)
+
+    share.click(share_conversation, session, link, queue=False, api_name="chat_share")
     model.change(functools.partial(h.defaults_view, hub), model,
                  [temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy], queue=False,
                  api_visibility="private")

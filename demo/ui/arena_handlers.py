@@ -1,0 +1,145 @@
+"""Arena tab behaviour: two anonymous models per round, one vote, then the names.
+
+Until the vote nothing on screen names a model: panes are "Model A" and "Model B", the stats line is
+left out (speed gives models away) and errors are shown without the model's id.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ..arena import LABELS, ArenaError, ArenaRound, cast_vote, draw_pair
+from ..compare import Comparison, own_defaults
+from ..hub import Hub
+from ..votes import VoteError
+from .chat_handlers import MAX_MESSAGE_CHARS
+from .compare_handlers import UI_TICK_S
+
+SIDES = ("A", "B")
+
+
+@dataclass
+class ArenaSession:
+    round: ArenaRound | None = None
+    comparison: Comparison | None = None
+    errors: tuple = (None, None)  # the last reply's error per side (shown unnamed before the vote)
+
+    def stop(self) -> None:
+        """Stop both answers; what they wrote so far stays and can be voted on."""
+        if self.comparison is not None:
+            self.comparison.cancel_all()
+
+    def discard(self) -> None:
+        """End the running answers and drop them (a new message, a new round, a closed tab)."""
+        self.stop()
+        self.comparison = None
+
+
+def new_session() -> ArenaSession:
+    return ArenaSession()
+
+
+def start_round(hub: Hub, session: ArenaSession, rng: random.Random | None = None) -> None:
+    session.discard()
+    session.round = ArenaRound(draw_pair(hub.available_ids(), rng))
+    session.comparison, session.errors = None, (None, None)
+
+
+def chat_view(session: ArenaSession, side: int, live=None):
+    """The side's Chatbot: its conversation, labelled with the model's name only after the vote."""
+    r = session.round
+    turns = list(r.conversations[side]) if r else []
+    if live is not None:
+        turns.append({"role": "assistant", "content": live.text or ("…" if not live.finished else "")})
+    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] and session.errors[side]:
+        turns[-1] = {"role": "assistant", "content": "⚠️ This model failed to answer."}
+    label = f"Model {SIDES[side]}" + (f": {r.models[side]}" if r and r.vote else "")
+    return gr.update(value=turns, label=label)
+
+
+def views(session: ArenaSession, live=None) -> list:
+    return [chat_view(session, k, live[k] if live else None) for k in range(2)]
+
+
+def result_text(session: ArenaSession) -> str:
+    r = session.round
+    if r is None or r.vote is None:
+        return ""
+    return (f"**Your vote: {LABELS[r.vote]}.** Model A was **{r.models[0]}**, Model B was **{r.models[1]}**. "
+            "Press *New round* for another pair.")
+
+
+def new_round(hub: Hub, session: ArenaSession):
+    try:
+        start_round(hub, session)
+    except ArenaError as e:
+        return session, *views(session), "", f"⚠️ {e}"
+    return session, *views(session), "", "New round: two anonymous models were drawn. Say something."
+
+
+def user_message(hub: Hub, text: str, session: ArenaSession):
+    session.discard()
+    text = (text or "").strip()
+    problem = "Type a message first." if not text else ""
+    if not problem and len(text) > MAX_MESSAGE_CHARS:
+        problem = f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent."
+    if not problem and session.round is not None and session.round.vote is not None:
+        problem = "This round has its vote; press New round to play again."
+    if not problem and session.round is None:
+        try:
+            start_round(hub, session)
+        except ArenaError as e:
+            problem = f"⚠️ {e}"
+    if problem:
+        return text, session, *views(session), problem
+    for conversation in session.round.conversations:
+        conversation.append({"role": "user", "content": text})
+    return "", session, *views(session), ""
+
+
+def reply(hub: Hub, session: ArenaSession):
+    """Stream both sides (each model's own defaults); yields (session, chat A, chat B, status)."""
+    r = session.round
+    if r is None or r.vote is not None or any(not c or c[-1]["role"] != "user" for c in r.conversations):
+        yield session, *views(session), ""
+        return
+    session.comparison = comparison = Comparison(
+        hub.manager.get, [(m, list(c)) for m, c in zip(r.models, r.conversations)], own_defaults)
+    r.streaming, r.finish = True, [None, None]
+    try:
+        panes = comparison.start().snapshot()
+        for panes in comparison.stream(UI_TICK_S):
+            yield session, *views(session, panes), "Both models are answering…"
+        if session.comparison is not comparison:  # a new message or round replaced it: nothing to keep
+            return
+        for side, pane in enumerate(panes):
+            r.conversations[side].append({"role": "assistant", "content": pane.text})
+            r.settings[side], r.finish[side] = pane.params, pane.finish_reason
+        session.errors = tuple(p.error if p.finish_reason == "error" else None for p in panes)
+    finally:
+        r.streaming = False
+    failed = [SIDES[k] for k, e in enumerate(session.errors) if e]
+    note = (f"⚠️ Model {' and '.join(failed)} failed to answer; press New round." if failed
+            else "Both answers are in: vote, or keep chatting.")
+    yield session, *views(session), note
+
+
+def stop(session: ArenaSession):
+    session.stop()
+    return session
+
+
+def vote(hub: Hub, session: ArenaSession, winner: str):
+    """Store the vote, then reveal the names: (session, chat A, chat B, result, status)."""
+    if session.round is None:
+        return session, *views(session), "", "Start a round first: send a message."
+    if hub.votes is None:
+        return session, *views(session), "", "⚠️ Votes need the hub's database (serve --votes)."
+    try:
+        stored = cast_vote(hub.votes, session.round, winner)
+    except VoteError as e:
+        return session, *views(session), result_text(session), f"⚠️ {e}"
+    return session, *views(session), result_text(session), f"Vote #{stored.id} saved."
+

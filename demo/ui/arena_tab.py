@@ -1,0 +1,46 @@
+"""Arena tab layout: Model A and Model B side by side, one input, four vote buttons, New round."""
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+
+from ..arena import LABELS
+from ..hub import Hub
+from . import arena_handlers as h
+
+
+def build_arena_tab(hub: Hub) -> dict:
+    session = gr.State(h.new_session, delete_callback=lambda s: s.discard())
+    gr.Markdown("Two models drawn at random answer anonymously. Chat, then vote: the names appear after "
+                "your vote. Votes feed the Leaderboard.")
+    with gr.Row(equal_height=True):
+        chatbots = [gr.Chatbot(label=f"Model {side}", height=420, elem_id=f"arena-chat-{side.lower()}")
+                    for side in h.SIDES]
+    with gr.Row():
+        message = gr.Textbox(placeholder="Message for both models (Enter to send)", show_label=False, scale=6,
+                             elem_id="arena-input", max_lines=8)
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="arena-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="arena-stop")
+    with gr.Row():
+        votes = {key: gr.Button(label, elem_id=f"arena-vote-{key.replace('_', '-')}") for key, label in LABELS.items()}
+    with gr.Row():
+        new_round = gr.Button("New round", elem_id="arena-new-round")
+    status = gr.Markdown(elem_id="arena-status")
+    result = gr.Markdown(elem_id="arena-result")
+
+    reply_io = dict(fn=functools.partial(h.reply, hub), inputs=session, outputs=[session, *chatbots, status],
+                    concurrency_limit=None, show_progress="hidden")
+    append_io = dict(fn=functools.partial(h.user_message, hub), inputs=[message, session],
+                     outputs=[message, session, *chatbots, status], queue=False)
+    streaming = [message.submit(**append_io, api_name="arena_send").then(**reply_io, api_name="arena_reply"),
+                 send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private")]
+    stop.click(h.stop, session, session, queue=False, api_name="arena_stop")
+    new_round.click(functools.partial(h.new_round, hub), session, [session, *chatbots, result, status],
+                    cancels=streaming, queue=False, api_name="arena_new_round")
+    voted = []
+    for key, button in votes.items():
+        # Votes go through the queue: the handler fsyncs, and the acknowledgement comes after the commit.
+        voted.append(button.click(functools.partial(h.vote, hub, winner=key), session,
+                                  [session, *chatbots, result, status], api_name=f"arena_vote_{key}"))
+    return {"chatbots": chatbots, "session": session, "voted": voted}
