@@ -32,6 +32,16 @@ class Hub:
         self.registry.limits = limits
         self.rate = RateLimiter(limits.requests_per_minute)
 
+    def over_rate(self, request) -> str:
+        """Charge one message to the UI client of `request`; the refusal text when it is over its rate."""
+        from .limits import LimitError
+
+        try:
+            self.rate.charge(ui_client(request))
+        except LimitError as e:
+            return f"⚠️ {e} Nothing was sent."
+        return ""
+
     def choices(self) -> list[tuple[str, str]]:
         """(label, id) pairs for model dropdowns, every registry entry."""
         return [(f"{e.name} ({e.id})", e.id) for e in self.registry]

@@ -127,3 +127,21 @@ def test_a_replaced_round_does_not_write_into_the_conversation(hub):
     session, *views, _ = last(compare.reply(hub, session, True))
     assert bot_texts(views, 2) == ["alpha says hi", "beta answers"]
     assert [t["role"] for t in session.turns["beta"]] == ["user", "assistant"]
+
+
+def test_compare_and_arena_sends_count_against_the_client_rate_limit(tmp_path):
+    from types import SimpleNamespace
+
+    registry = parse_registry("limits: {requests_per_minute: 1}\n" + REGISTRY)
+    hub = Hub(registry, ModelManager(registry, loader=load), votes=VoteStore(tmp_path / "v.sqlite3"))
+    hub.available_ids = lambda: ["alpha", "beta"]
+    request = SimpleNamespace(username=None, client=SimpleNamespace(host="10.0.0.7"), headers={})
+    *_, status = compare.user_message(hub, "hi", ["alpha", "beta"], compare.new_session(), request)
+    assert status == ""
+    text, *_, status = compare.user_message(hub, "again", ["alpha", "beta"], compare.new_session(), request)
+    assert text == "again" and "Nothing was sent" in status
+    *_, status = arena.user_message(hub, "hi", arena.new_session(), request)
+    assert "Nothing was sent" in status
+    other = SimpleNamespace(username=None, client=SimpleNamespace(host="10.0.0.8"), headers={})
+    *_, status = arena.user_message(hub, "hi", arena.new_session(), other)
+    assert status == ""

@@ -79,10 +79,10 @@ def new_round(hub: Hub, session: ArenaSession):
     return session, *views(session), "", "New round: two anonymous models were drawn. Say something."
 
 
-def user_message(hub: Hub, text: str, session: ArenaSession):
+def user_message(hub: Hub, text: str, session: ArenaSession, request=None):
     session.discard()
     text = (text or "").strip()
-    problem = "Type a message first." if not text else ""
+    problem = "Type a message first." if not text else hub.over_rate(request)
     if not problem and len(text) > MAX_MESSAGE_CHARS:
         problem = f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent."
     if not problem and session.round is not None and session.round.vote is not None:
@@ -97,6 +97,13 @@ def user_message(hub: Hub, text: str, session: ArenaSession):
     for conversation in session.round.conversations:
         conversation.append({"role": "user", "content": text})
     return "", session, *views(session), ""
+
+
+def user_message_for(hub: Hub):
+    """`user_message` with the request, which Gradio passes to a parameter annotated gr.Request."""
+    def append(text: str, session: ArenaSession, request: gr.Request):
+        return user_message(hub, text, session, request)
+    return append
 
 
 def reply(hub: Hub, session: ArenaSession):

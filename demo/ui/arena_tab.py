@@ -31,7 +31,7 @@ def build_arena_tab(hub: Hub) -> dict:
 
     reply_io = dict(fn=functools.partial(h.reply, hub), inputs=session, outputs=[session, *chatbots, status],
                     concurrency_limit=None, show_progress="hidden")
-    append_io = dict(fn=functools.partial(h.user_message, hub), inputs=[message, session],
+    append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
                      outputs=[message, session, *chatbots, status], queue=False)
     streaming = [message.submit(**append_io, api_name="arena_send").then(**reply_io, api_name="arena_reply"),
                  send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private")]

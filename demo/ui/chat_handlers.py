@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..engine import CancelToken, Chunk, stream_chat
-from ..hub import Hub, ui_client
-from ..limits import LimitError
+from ..hub import Hub
 from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
@@ -71,11 +70,9 @@ def user_message(text: str, session: ChatSession, request: gr.Request | None = N
     text = (text or "").strip()
     if not text:
         return "", session, render(session), "Type a message first."
-    try:
-        if hub is not None:
-            hub.rate.charge(ui_client(request))  # the per-client rate limit, as on the API
-    except LimitError as e:
-        return text, session, render(session), f"⚠️ {e} Nothing was sent."
+    refused = hub.over_rate(request) if hub is not None else ""  # the per-client limit, as on the API
+    if refused:
+        return text, session, render(session), refused
     if len(text) > MAX_MESSAGE_CHARS:
         return text, session, render(session), (
             f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent.")

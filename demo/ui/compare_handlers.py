@@ -100,11 +100,11 @@ def choice_status(hub: Hub, ids) -> str:
     return check_models(hub, ids) if ids else ""
 
 
-def user_message(hub: Hub, text: str, ids, session: CompareSession):
+def user_message(hub: Hub, text: str, ids, session: CompareSession, request=None):
     """Append the user's message to every pane (a new model set starts a new conversation)."""
     session.stop()
     text, ids = (text or "").strip(), list(ids or [])
-    problem = check_models(hub, ids) or ("Type a message first." if not text else "")
+    problem = check_models(hub, ids) or ("Type a message first." if not text else "") or hub.over_rate(request)
     if not problem and len(text) > MAX_MESSAGE_CHARS:
         problem = f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent."
     if problem:
@@ -114,6 +114,13 @@ def user_message(hub: Hub, text: str, ids, session: CompareSession):
     for model in ids:
         session.turns[model].append({"role": "user", "content": text})
     return "", session, *views(session), ""
+
+
+def user_message_for(hub: Hub):
+    """`user_message` with the request, which Gradio passes to a parameter annotated gr.Request."""
+    def append(text: str, ids, session: CompareSession, request: gr.Request):
+        return user_message(hub, text, ids, session, request)
+    return append
 
 
 def reply(hub: Hub, session: CompareSession, own: bool, *controls):

@@ -58,7 +58,7 @@ def build_compare_tab(hub: Hub) -> dict:
     reply_io = dict(fn=functools.partial(h.reply, hub), inputs=[session, own, *controls],
                     outputs=[session, *panes, status], concurrency_limit=None,
                     show_progress="hidden")  # panes show their own progress; overlays would make buttons jump
-    append_io = dict(fn=functools.partial(h.user_message, hub), inputs=[message, models, session],
+    append_io = dict(fn=h.user_message_for(hub), inputs=[message, models, session],
                      outputs=[message, session, *panes, status], queue=False)
     streaming = [message.submit(**append_io, api_name="compare_send").then(**reply_io, api_name="compare_reply"),
                  send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private")]
