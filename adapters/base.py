@@ -51,6 +51,13 @@ class ChatAdapter:
         """Whether a checkpoint folder (its config.json and file names) belongs to this family."""
         return False
 
+    def configure(self, config: dict, generation: dict) -> None:
+        """Read checkpoint settings the builder needs (config.json, generation_config.json as dicts)."""
+
+    def context_length(self, config: dict) -> int | None:
+        """Tokens the model attends to, from its upstream config.json."""
+        return config.get("max_position_embeddings") or config.get("seq_length")
+
     # -- prompt -------------------------------------------------------------------------------
     def build_ids(self, tokenizer, messages: Sequence[Message]) -> list[int]:
         raise NotImplementedError
@@ -105,7 +112,23 @@ class ChatAdapter:
         ids = [token_id(tokenizer, s) for s in self.stop_markers(tokenizer)]
         if tokenizer.eos_token is not None and tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
-        return unique([i for i in [*ids, *extra_ids] if i is not None])
+        return sorted(unique([i for i in [*ids, *extra_ids] if i is not None]))
+
+    # -- segment-wise building (upstream builders that concatenate ids) -------------------------
+    @staticmethod
+    def special(tokenizer, text: str) -> int:
+        """The id of a control token the builder writes; a clear error when the vocabulary lacks it."""
+        found = token_id(tokenizer, text)
+        if found is None:
+            raise AdapterError(f"this tokenizer has no {text!r} token; is the family right? (--family)")
+        return found
+
+    @staticmethod
+    def text(tokenizer, text: str) -> list[int]:
+        """Ids of `text` as plain text: special-token spellings in it stay text."""
+        if not text:
+            return []
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def token_id(tokenizer, text: str) -> int | None:
@@ -130,6 +153,17 @@ def validate_messages(messages: Sequence[Message]) -> None:
             raise AdapterError(f"message {i}: unknown role {m['role']!r} (system, user or assistant)")
         if not isinstance(m["content"], str):
             raise AdapterError(f"message {i}: content must be text")
+
+
+def reply_budget(prompt_len: int, context_length: int | None, max_new_tokens: int | None) -> int | None:
+    """The reply budget left once the prompt is in the context; an error when nothing is left."""
+    if not context_length:
+        return max_new_tokens
+    room = context_length - prompt_len
+    if room <= 0:
+        raise AdapterError(f"the conversation is too long: its prompt takes {prompt_len} tokens and the "
+                           f"model's context is {context_length}")
+    return room if max_new_tokens is None else min(max_new_tokens, room)
 
 
 def drop_oldest_turn(messages: list[Message]) -> list[Message] | None:

@@ -20,12 +20,19 @@ class TemplateAdapter(ChatAdapter):
 
     family = "generic"
     stop_tokens = END_OF_TURN_TOKENS
+    #: the family's official template, used when a checkpoint's tokenizer ships none
+    fallback_template: str | None = None
 
-    def render(self, tokenizer, messages: Sequence[Message]) -> str:
-        if not getattr(tokenizer, "chat_template", None):
+    def template(self, tokenizer) -> str:
+        template = getattr(tokenizer, "chat_template", None) or self.fallback_template
+        if not template:
             raise AdapterError("this tokenizer has no chat template: choose a family with --family "
                                "or `family:` in the registry")
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return template
+
+    def render(self, tokenizer, messages: Sequence[Message]) -> str:
+        return tokenizer.apply_chat_template(list(messages), chat_template=self.template(tokenizer),
+                                             tokenize=False, add_generation_prompt=True)
 
     def build_ids(self, tokenizer, messages: Sequence[Message]) -> list[int]:
         rendered = self.render(tokenizer, messages)
@@ -42,7 +49,7 @@ class TemplateAdapter(ChatAdapter):
 
     def stop_markers(self, tokenizer):
         # Only the end-of-turn markers this template actually writes (eos is always added).
-        template = getattr(tokenizer, "chat_template", None) or ""
+        template = getattr(tokenizer, "chat_template", None) or self.fallback_template or ""
         return [s for s in self.stop_tokens if s in template]
 
 

@@ -78,10 +78,25 @@ def family_of(entry: ModelEntry, weights: Weights | None) -> str:
     return detect_family(weights.folder if weights else None)
 
 
+def adapter_for(entry: ModelEntry, weights: Weights) -> ChatAdapter:
+    """The family adapter, configured from the folder's config.json and generation_config.json."""
+    adapter = get_adapter(family_of(entry, weights))
+    adapter.configure(*folder_configs(weights))
+    return adapter
+
+
+def folder_configs(weights: Weights) -> tuple[dict, dict]:
+    from adapters import read_json
+
+    if weights.folder is None:
+        return {}, {}
+    return read_json(weights.folder / "config.json"), read_json(weights.folder / "generation_config.json")
+
+
 def load_tokenizer_only(entry: ModelEntry):
     """(adapter, tokenizer, config defaults) without reading weights: enough to build prompts."""
     weights = resolve(entry.source)
-    adapter = get_adapter(family_of(entry, weights))
+    adapter = adapter_for(entry, weights)
     return adapter, adapter.load_tokenizer(weights), weights
 
 
@@ -92,7 +107,7 @@ def load_entry(entry: ModelEntry) -> LoadedModel:
         return RemoteModel.connect(entry)
     started = time.perf_counter()
     weights = resolve(entry.source)
-    adapter = get_adapter(family_of(entry, weights))
+    adapter = adapter_for(entry, weights)
     device = pick_device(entry.device)
     tokenizer = adapter.load_tokenizer(weights)
     model = adapter.load_model(weights, pick_dtype(entry.dtype, device), device)
@@ -100,7 +115,7 @@ def load_entry(entry: ModelEntry) -> LoadedModel:
     return LoadedModel(
         id=entry.id, model=model, tokenizer=tokenizer, adapter=adapter,
         defaults=merged_defaults(adapter, config, entry.generation),
-        context_length=entry.context_length or context_of(model),
+        context_length=entry.context_length or folder_context(adapter, weights) or context_of(model),
         extra_stop_ids=eos_ids(config), load_seconds=time.perf_counter() - started)
 
 
@@ -127,7 +142,7 @@ def load_without_weights(entry: ModelEntry) -> LoadedModel:
     from transformers import GenerationConfig
 
     weights = resolve(entry.source)
-    adapter = get_adapter(family_of(entry, weights))
+    adapter = adapter_for(entry, weights)
     tokenizer = adapter.load_tokenizer(weights)
     config = None
     if weights.folder is not None and (weights.folder / "generation_config.json").is_file():
@@ -135,13 +150,10 @@ def load_without_weights(entry: ModelEntry) -> LoadedModel:
     return LoadedModel(
         id=entry.id, model=None, tokenizer=tokenizer, adapter=adapter,
         defaults=merged_defaults(adapter, config, entry.generation),
-        context_length=entry.context_length or folder_context(weights), extra_stop_ids=eos_ids(config))
+        context_length=entry.context_length or folder_context(adapter, weights), extra_stop_ids=eos_ids(config))
 
 
-def folder_context(weights: Weights) -> int | None:
-    from adapters import read_json
-
-    if weights.folder is None:
-        return None
-    config = read_json(weights.folder / "config.json")
-    return config.get("max_position_embeddings") or config.get("seq_length")
+def folder_context(adapter: ChatAdapter, weights: Weights) -> int | None:
+    """The context the family reads from the upstream config.json (where its native port is exact)."""
+    config, _ = folder_configs(weights)
+    return adapter.context_length(config) if config else None
