@@ -47,6 +47,8 @@ def detect_family(folder: str | Path | None) -> str:
     folder = Path(folder)
     config = read_json(folder / "config.json")
     files = {p.name for p in folder.iterdir()}
+    if config.get("hub_family") in FAMILIES:  # a folder written by `python -m demo convert`
+        return config["hub_family"]
     for name, cls in FAMILIES.items():
         if name != TemplateAdapter.family and cls.matches(config, files, folder):
             return name

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from .base import AdapterError, ChatAdapter, Prompt, validate_messages
 from .files import local_folder
+from .native import NativeLoading
 from .spm import load_sentencepiece
 
 
-class Baichuan2Adapter(ChatAdapter):
+class Baichuan2Adapter(NativeLoading, ChatAdapter):
     family = "baichuan2"
     stop_tokens = ("</s>",)
     generation_defaults = {"temperature": 0.3, "top_k": 5, "top_p": 0.85, "repetition_penalty": 1.05,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .base import ChatAdapter
 from .files import local_folder
+from .native import NativeLoading
 from .spm import load_sentencepiece
 
 # Not sentencepiece pieces: upstream numbers them sp.vocab_size() + index (64789.. on the real vocabulary).
@@ -10,7 +11,7 @@ GLM_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|u
                 "<|observation|>")
 
 
-class ChatGLM3Adapter(ChatAdapter):
+class ChatGLM3Adapter(NativeLoading, ChatAdapter):
     family = "chatglm3"
     stop_tokens = ("<|user|>", "<|observation|>")  # and eos </s>, as upstream chat() does
     # Upstream chat(): max_length 8192 for prompt and reply together, so the reply may use what is left.

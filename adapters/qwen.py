@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .base import AdapterError, ChatAdapter, Prompt, reply_budget, validate_messages
 from .files import local_folder
+from .native import NativeLoading
 from .generic import TemplateAdapter
 from .tiktoken_qwen import load_qwen_tiktoken
 
@@ -21,7 +22,7 @@ class QwenAdapter(TemplateAdapter):
         return self.stop_tokens
 
 
-class Qwen1Adapter(ChatAdapter):
+class Qwen1Adapter(NativeLoading, ChatAdapter):
     """Qwen1 chat: upstream `make_context` rebuilt id by id (role, "\\n" and content tokenized apart)."""
 
     family = "qwen1"

@@ -1,0 +1,142 @@
+"""Native loading without remote code: upstream ChatGLM3, Baichuan2 and Qwen1 folders converted once to
+GlmForCausalLM / LlamaForCausalLM / Qwen2ForCausalLM folders, cached on disk, then loaded as they are.
+
+`convert_folder(folder, out)` writes a folder plain `AutoModelForCausalLM.from_pretrained` loads (a
+Baichuan2-13B one needs `import adapters.native.alibi` and `attn_implementation="alibi_sdpa"`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..base import AdapterError
+from ..files import read_json
+from . import baichuan2, chatglm3, qwen1
+from .shards import shards, weight_files
+
+CONVERTERS = {"chatglm": chatglm3, "baichuan": baichuan2, "qwen": qwen1}
+CONVERTER_VERSION = 1  # bump when a mapping changes, so cached folders are rebuilt
+TOKENIZER_FILES = ("tokenizer.model", "qwen.tiktoken", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
+
+
+def converter_for(folder: Path):
+    config_path = Path(folder) / "config.json"
+    model_type = read_json(config_path).get("model_type")
+    if model_type not in CONVERTERS:
+        raise AdapterError(f"{config_path}: model_type {model_type!r} has no native conversion "
+                           f"(known: {', '.join(sorted(CONVERTERS))})")
+    return CONVERTERS[model_type]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HUB_CACHE") or Path.home() / ".cache" / "demo-hub") / "native"
+
+
+def cache_key(folder: Path) -> str:
+    """Changes when the folder, its weight files or the mapping change."""
+    folder = Path(folder).resolve()
+    files = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weight_files(folder)]
+    files.append(("config.json", (folder / "config.json").stat().st_mtime_ns))
+    digest = hashlib.sha256(json.dumps([str(folder), files, CONVERTER_VERSION]).encode()).hexdigest()
+    return f"{folder.name}-{digest[:16]}"
+
+
+def native_folder(folder: Path, family: str | None = None) -> Path:
+    """The converted folder for `folder`, converting on the first call and reusing it afterwards."""
+    target = cache_root() / cache_key(folder)
+    if not (target / "config.json").is_file():
+        convert_folder(folder, target, family)
+    return target
+
+
+def convert_folder(folder: Path, out: Path, family: str | None = None) -> Path:
+    """Write the native folder (config, safetensors shards, tokenizer files); atomic: all or nothing."""
+    folder, out = Path(folder), Path(out)
+    module = converter_for(folder)
+    config = read_json(folder / "config.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=out.parent))
+    try:
+        write_weights(folder, work, module, config)
+        write_config(work, module, config, family)
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                copy_without_remote_code(folder / name, work / name)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def write_weights(folder: Path, out: Path, module, config: dict) -> None:
+    from safetensors.torch import save_file
+
+    files = weight_files(folder)
+    weight_map = {}
+    for index, (path, tensors) in enumerate(shards(folder), start=1):
+        converted = {}
+        for name, tensor in tensors.items():
+            try:
+                converted.update(module.convert_tensor(name, tensor, config))
+            except KeyError:
+                raise AdapterError(f"{path}: unexpected tensor {name!r} for this model type") from None
+        shard = "model.safetensors" if len(files) == 1 else f"model-{index:05d}-of-{len(files):05d}.safetensors"
+        save_file({k: v.contiguous() for k, v in converted.items()}, str(out / shard), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(converted, shard))
+    if len(files) > 1:
+        (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def write_config(out: Path, module, config: dict, family: str | None) -> None:
+    from transformers import AutoConfig
+
+    native = AutoConfig.for_model(module.MODEL_TYPE, **module.native_config(config))
+    native.architectures = [module.ARCHITECTURE]
+    if family:
+        native.hub_family = family  # read by family detection: a converted folder keeps its chat format
+    if getattr(module, "uses_alibi", lambda c: False)(config):
+        native.hub_attention = "alibi_sdpa"  # see alibi.py
+    native.save_pretrained(out)
+
+
+def copy_without_remote_code(source: Path, target: Path) -> None:
+    """Copy a JSON config without `auto_map` (no remote code is needed or wanted), other files as they are."""
+    if source.suffix != ".json":
+        shutil.copyfile(source, target)
+        return
+    data = read_json(source)
+    data.pop("auto_map", None)
+    target.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def load_native(folder: Path, dtype, device: str, family: str | None = None):
+    """Load an upstream folder through its cached native conversion (or a folder already converted)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    target = native_folder(folder, family) if read_json(folder / "config.json").get("model_type") in CONVERTERS else folder
+    kwargs = {}
+    if read_json(target / "config.json").get("hub_attention") == "alibi_sdpa":
+        from . import alibi
+
+        kwargs["attn_implementation"] = alibi.ATTENTION
+    model, info = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, output_loading_info=True, **kwargs)
+    if info.get("missing_keys"):
+        raise AdapterError(f"{folder}: the weights lack {sorted(info['missing_keys'])[:5]} (incomplete checkpoint?)")
+    return model.to(device).eval()
+
+
+class NativeLoading:
+    """Mixin for families whose upstream model is remote code: load it through the native port instead."""
+
+    def load_model(self, weights, dtype, device: str):
+        from ..files import local_folder
+
+        return load_native(local_folder(weights), dtype, device, self.family)
