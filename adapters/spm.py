@@ -71,7 +71,8 @@ class SentencePieceTokenizer(PreTrainedTokenizer):
 
     def _convert_id_to_token(self, index: int) -> str:
         if index >= self.sp.get_piece_size():
-            return self.extra[index - self.sp.get_piece_size()]
+            extra = index - self.sp.get_piece_size()
+            return self.extra[extra] if extra < len(self.extra) else ""  # padding rows of the embedding
         return self.sp.id_to_piece(index)
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:

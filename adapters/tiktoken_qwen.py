@@ -56,7 +56,7 @@ class QwenTikTokenizer(PreTrainedTokenizer):
         return self.token_to_id.get(token, self.specials.get(token))
 
     def _convert_id_to_token(self, index: int) -> str:
-        return self.id_to_token[index]
+        return self.id_to_token.get(index, "")  # ids past the vocabulary: padding rows of the embedding
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         data = bytearray()

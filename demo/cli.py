@@ -117,6 +117,8 @@ def add_model_args(parser) -> None:
     parser.add_argument("model", help="a registry id or a local checkpoint folder")
     parser.add_argument("--family", choices=sorted(["auto", *FAMILIES]), default=None,
                         help="override the family detected from the folder's files")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
+                        help="weights precision (default: the registry entry's; auto for a folder)")
 
 
 def add_sampling_args(parser) -> None:
@@ -141,13 +143,13 @@ def entry_for(args) -> ModelEntry:
     registry = None
     if not Path(model).exists():
         registry = registry_of(args)
+    overrides = {k: v for k, v in (("family", args.family), ("dtype", getattr(args, "dtype", None))) if v}
     if registry is not None and model in registry:
-        entry = registry.get(model)
-        return entry.model_copy(update={"family": args.family}) if args.family else entry
+        return registry.get(model).model_copy(update=overrides)
     if Path(model).is_dir() or Path(model).is_file():
         from .loader import folder_entry
 
-        return folder_entry(model, args.family or "auto")
+        return folder_entry(model, args.family or "auto").model_copy(update=overrides)
     known = ", ".join(e.id for e in registry) if registry else "none"
     raise UnknownModelError(f"{model!r} is neither a registry id ({known}) nor a folder")
 

@@ -1,6 +1,7 @@
 """Turn a registry entry into a LoadedModel: weights, tokenizer, family adapter and merged defaults."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,9 +58,13 @@ def pick_device(choice: str) -> str:
     return "cpu"
 
 
-def pick_dtype(choice: str, device: str):
+def pick_dtype(choice: str, device: str, declared: str | None = None):
     if choice != "auto":
         return DTYPES[choice]
+    if declared == "float32":
+        # A checkpoint published in fp32 (tiny or reference models) keeps its precision: its outputs are
+        # then comparable with the publisher's. Published chat checkpoints declare bf16/fp16.
+        return torch.float32
     # bf16 is both smaller and faster than fp32 for these models on current CPUs and GPUs.
     return torch.bfloat16 if device == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
 
@@ -110,7 +115,7 @@ def load_entry(entry: ModelEntry) -> LoadedModel:
     adapter = adapter_for(entry, weights)
     device = pick_device(entry.device)
     tokenizer = adapter.load_tokenizer(weights)
-    model = adapter.load_model(weights, pick_dtype(entry.dtype, device), device)
+    model = adapter.load_model(weights, pick_dtype(entry.dtype, device, declared_dtype(weights)), device)
     config = getattr(model, "generation_config", None)
     return LoadedModel(
         id=entry.id, model=model, tokenizer=tokenizer, adapter=adapter,
@@ -151,6 +156,21 @@ def load_without_weights(entry: ModelEntry) -> LoadedModel:
         id=entry.id, model=None, tokenizer=tokenizer, adapter=adapter,
         defaults=merged_defaults(adapter, config, entry.generation),
         context_length=entry.context_length or folder_context(adapter, weights), extra_stop_ids=eos_ids(config))
+
+
+def declared_dtype(weights: Weights) -> str | None:
+    """The precision the checkpoint is published in: config.json's, else its first safetensors header's."""
+    config, _ = folder_configs(weights)
+    if config.get("torch_dtype") or config.get("dtype"):
+        return config.get("torch_dtype") or config.get("dtype")
+    shards = sorted(weights.folder.glob("*.safetensors")) if weights.folder and not weights.gguf_file else []
+    try:
+        with open(shards[0], "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    except (IndexError, OSError, ValueError):
+        return None
+    names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+    return next((names.get(v.get("dtype")) for k, v in header.items() if k != "__metadata__"), None)
 
 
 def folder_context(adapter: ChatAdapter, weights: Weights) -> int | None:
