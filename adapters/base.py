@@ -99,6 +99,10 @@ class ChatAdapter:
     def load_model(self, weights, dtype, device: str):
         from transformers import AutoModelForCausalLM
 
+        from .files import check_checkpoint
+
+        if weights.folder is not None and not weights.gguf_file:
+            check_checkpoint(weights.folder)
         model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=dtype, **weights.pretrained_kwargs())
         return model.to(device).eval()
 

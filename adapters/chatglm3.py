@@ -23,7 +23,7 @@ class ChatGLM3Adapter(NativeLoading, ChatAdapter):
         return config.get("model_type") == "chatglm" and "tokenizer.model" in files
 
     def context_length(self, config: dict) -> int | None:
-        return config.get("seq_length")
+        return config.get("seq_length") or config.get("max_position_embeddings")  # upstream, or converted
 
     def load_tokenizer(self, weights):
         return load_sentencepiece(local_folder(weights), GLM_SPECIALS, unk_token="<unk>", eos_token="</s>",

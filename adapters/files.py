@@ -51,3 +51,22 @@ def local_folder(weights) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(weights.location, revision=weights.revision))
+
+
+def check_checkpoint(folder: Path) -> None:
+    """Fail early, naming the file, on what transformers reports vaguely: an unknown model_type, a bad shard."""
+    from transformers import CONFIG_MAPPING
+
+    config_path = Path(folder) / "config.json"
+    model_type = read_json(config_path).get("model_type")
+    if config_path.is_file() and model_type not in CONFIG_MAPPING:
+        raise AdapterError(f"{config_path}: unknown model_type {model_type!r}: transformers has no such "
+                           "architecture and no family here converts it")
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(shard), "pt") as f:
+                f.keys()
+        except Exception as e:  # header damaged or file cut short
+            raise AdapterError(f"{shard}: cannot read this weight file ({type(e).__name__}: {e})") from None

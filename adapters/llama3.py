@@ -1,7 +1,7 @@
 """Llama 3 / 3.1 / 3.2 Instruct: the checkpoint's chat template, stopping on end-of-turn as well as eos."""
 from __future__ import annotations
 
-from .files import declared_tokens
+from .files import declared_tokens, require
 from .generic import TemplateAdapter
 
 # Meta-Llama-3-8B-Instruct's template, for a folder whose tokenizer_config.json lost it.
@@ -24,3 +24,8 @@ class Llama3Adapter(TemplateAdapter):
 
     def stop_markers(self, tokenizer):
         return self.stop_tokens  # those the vocabulary lacks are skipped when resolved
+
+    def load_tokenizer(self, weights):
+        if weights.folder is not None:
+            require(weights.folder, "tokenizer.json", "Llama 3's tokenizer is its tokenizer.json")
+        return super().load_tokenizer(weights)

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--csv", help="also write every vote to this CSV file")
     board.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
     board.set_defaults(run=cmd_leaderboard)
+
+    convert = sub.add_parser("convert", help="write a native transformers folder for an upstream checkpoint "
+                                             "(ChatGLM3, Baichuan2, Qwen1) that needs no remote code")
+    convert.add_argument("folder", help="the upstream checkpoint folder")
+    convert.add_argument("out", help="the folder to write (replaced if it exists)")
+    convert.set_defaults(run=cmd_convert)
     return parser
 
 
@@ -269,6 +275,19 @@ def cmd_chat(args) -> int:
         if last is not None:
             print(f"\n[{last.finish_reason}; {last.stats.summary()}]" + (f" {last.error}" if last.error else ""))
             history.append({"role": "assistant", "content": last.text})
+
+
+def cmd_convert(args) -> int:
+    from adapters import detect_family
+    from adapters.native import convert_folder
+
+    folder = Path(args.folder)
+    if not (folder / "config.json").is_file():
+        raise CliError(f"{folder / 'config.json'}: not found; give an upstream checkpoint folder")
+    out = convert_folder(folder, Path(args.out), detect_family(folder))
+    print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it; "
+          f"the hub serves it with the same chat format")
+    return 0
 
 
 def cmd_serve(args) -> int:

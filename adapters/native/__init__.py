@@ -62,8 +62,8 @@ def convert_folder(folder: Path, out: Path, family: str | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=out.parent))
     try:
-        write_weights(folder, work, module, config)
-        write_config(work, module, config, family)
+        stored = write_weights(folder, work, module, config)
+        write_config(work, module, config, family, stored)
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 copy_without_remote_code(folder / name, work / name)
@@ -75,7 +75,8 @@ def convert_folder(folder: Path, out: Path, family: str | None = None) -> Path:
     return out
 
 
-def write_weights(folder: Path, out: Path, module, config: dict) -> None:
+def write_weights(folder: Path, out: Path, module, config: dict):
+    """Convert shard by shard (one in memory at a time); returns the dtype the weights are stored in."""
     from safetensors.torch import save_file
 
     files = weight_files(folder)
@@ -92,12 +93,14 @@ def write_weights(folder: Path, out: Path, module, config: dict) -> None:
         weight_map.update(dict.fromkeys(converted, shard))
     if len(files) > 1:
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return next(iter(converted.values())).dtype if converted else None
 
 
-def write_config(out: Path, module, config: dict, family: str | None) -> None:
+def write_config(out: Path, module, config: dict, family: str | None, stored=None) -> None:
     from transformers import AutoConfig
 
     native = AutoConfig.for_model(module.MODEL_TYPE, **module.native_config(config))
+    native.dtype = native.dtype or stored
     native.architectures = [module.ARCHITECTURE]
     if family:
         native.hub_family = family  # read by family detection: a converted folder keeps its chat format
