@@ -1,6 +1,7 @@
 """The generic family: any Hugging Face chat model whose tokenizer ships a chat template."""
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from .base import AdapterError, ChatAdapter, Message, token_id
@@ -13,9 +14,11 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_tu
 class TemplateAdapter(ChatAdapter):
     """Renders the tokenizer's chat template, then tokenizes it so that message text stays text.
 
-    The rendered string is cut at each message's content: template pieces are tokenized with special
-    tokens recognised, content pieces with `split_special_tokens=True`, so a user who types
-    "<|im_end|>" gets those characters, not a forged turn.
+    The rendered string is cut at each message's content; only the special tokens the template itself
+    wrote become control ids. The text between two of them (template text and content together, as the
+    plain tokenization of the rendered string sees it) is encoded with `split_special_tokens=True`, so a
+    user who types "<|im_end|>" gets those characters, not a forged turn, and plain text gets exactly
+    the ids of tokenizing the rendered string.
     """
 
     family = "generic"
@@ -43,8 +46,8 @@ class TemplateAdapter(ChatAdapter):
                                    "a message cannot be kept as text; choose a family explicitly")
             return encode(tokenizer, rendered, special=True)
         ids: list[int] = []
-        for text, is_content in segments:
-            ids += encode(tokenizer, text, special=not is_content)
+        for text, is_control in control_runs(tokenizer, segments):
+            ids += [tokenizer.convert_tokens_to_ids(text)] if is_control else encode(tokenizer, text, special=False)
         return ids
 
     def stop_markers(self, tokenizer):
@@ -61,6 +64,23 @@ def encode(tokenizer, text: str, special: bool) -> list[int]:
 
 def has_special_text(tokenizer, text: str) -> bool:
     return any(tok in text for tok in tokenizer.all_special_tokens + list(getattr(tokenizer, "added_tokens_encoder", {})))
+
+
+def control_runs(tokenizer, segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """(text, is_control) runs: special tokens written by the template, and the text between them."""
+    specials = sorted(tokenizer.added_tokens_encoder, key=len, reverse=True)
+    pattern = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+    runs, text = [], ""
+    for piece, is_content in segments:
+        parts = [piece] if is_content or pattern is None else pattern.split(piece)
+        for i, part in enumerate(parts):
+            if i % 2:  # a special token of the template
+                runs += [(text, False)] if text else []
+                runs.append((part, True))
+                text = ""
+            else:
+                text += part
+    return runs + ([(text, False)] if text else [])
 
 
 def split_contents(rendered: str, contents: list[str]) -> list[tuple[str, bool]] | None:
