@@ -20,7 +20,7 @@ class ChatGLM3Adapter(NativeLoading, ChatAdapter):
     @classmethod
     def matches(cls, config, files, folder) -> bool:
         # ChatGLM2 shares model_type and layout but not the role tokens; its prompt format is not served here.
-        return config.get("model_type") == "chatglm" and "tokenizer.model" in files
+        return config.get("model_type") == "chatglm"
 
     def context_length(self, config: dict) -> int | None:
         return config.get("seq_length") or config.get("max_position_embeddings")  # upstream, or converted

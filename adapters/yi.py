@@ -22,8 +22,8 @@ class YiAdapter(TemplateAdapter):
 
     @classmethod
     def matches(cls, config, files, folder) -> bool:
-        return (config.get("model_type") == "llama" and "tokenizer.model" in files
-                and "<|im_start|>" in declared_tokens(folder))
+        # Yi's own spellings: ChatML markers with <|startoftext|> as bos.
+        return config.get("model_type") == "llama" and {"<|im_start|>", "<|startoftext|>"} <= declared_tokens(folder)
 
     def load_tokenizer(self, weights):
         tokenizer = load_sentencepiece(local_folder(weights), unk_token="<unk>", bos_token="<|startoftext|>",

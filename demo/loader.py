@@ -166,8 +166,11 @@ def declared_dtype(weights: Weights) -> str | None:
     shards = sorted(weights.folder.glob("*.safetensors")) if weights.folder and not weights.gguf_file else []
     try:
         with open(shards[0], "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size)) if size < 2**27 else {}  # a damaged file: the loader says so
     except (IndexError, OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
         return None
     names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
     return next((names.get(v.get("dtype")) for k, v in header.items() if k != "__metadata__"), None)
