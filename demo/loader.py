@@ -173,7 +173,8 @@ def declared_dtype(weights: Weights) -> str | None:
     if not isinstance(header, dict):
         return None
     names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-    return next((names.get(v.get("dtype")) for k, v in header.items() if k != "__metadata__"), None)
+    return next((names.get(v.get("dtype")) for k, v in header.items() if isinstance(v, dict) and k != "__metadata__"),
+                None)
 
 
 def folder_context(adapter: ChatAdapter, weights: Weights) -> int | None:

@@ -59,6 +59,12 @@ def convert_folder(folder: Path, out: Path, family: str | None = None) -> Path:
     folder, out = Path(folder), Path(out)
     module = converter_for(folder)
     config = read_json(folder / "config.json")
+    if config.get("quantization_config"):
+        # Packed 4-bit tensors split along other dimensions; the quantized loader maps them (it reuses
+        # qwen1.native_config / native_name / fused_qkv_names). Splitting them here would be garbage.
+        raise AdapterError(f"{folder / 'config.json'}: a quantized checkpoint "
+                           f"({config['quantization_config'].get('quant_method', '?')}); this conversion is "
+                           "for full-precision weights")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=out.parent))
     try:
