@@ -133,3 +133,12 @@ def test_bin_shards_are_read_with_weights_only(tmp_path):
     torch.save({"w": Payload()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(AdapterError, match="pytorch_model.bin"):
         read_shard(tmp_path / "pytorch_model.bin")
+
+
+def test_alibi_attention_respects_the_padding_mask(loaded):
+    model = loaded("baichuan2-13b").model
+    ids = reference("baichuan2-13b")["cases"][0]["input_ids"]
+    with torch.no_grad():
+        alone = model(torch.tensor([ids])).logits[0, -1]
+        padded = model(torch.tensor([[0] * 5 + ids]), attention_mask=torch.tensor([[0] * 5 + [1] * len(ids)]))
+    assert (padded.logits[0, -1] - alone).abs().max().item() < 1e-4

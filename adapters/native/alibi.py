@@ -1,7 +1,7 @@
 """ALiBi attention for Baichuan2-13B on LlamaForCausalLM, registered with transformers' attention interface.
 
 Load a converted 13B folder with `attn_implementation=ATTENTION` after importing this module.
-The bias slope_h * key_index goes to sdpa as `position_bias`, which keeps the causal and padding mask
+The ALiBi bias goes to sdpa as `position_bias`, which keeps the causal and padding mask
 (folding it into the mask by hand loses the causal mask when the mask is None).
 """
 from __future__ import annotations
@@ -29,11 +29,15 @@ def slopes(heads: int) -> list[float]:
 
 
 def alibi_attention(module, query, key, value, attention_mask, **kwargs):
-    heads, kv_length = query.shape[1], key.shape[2]
+    heads, q_length, kv_length = query.shape[1], query.shape[2], key.shape[2]
     slope = torch.tensor(slopes(heads), dtype=torch.float32, device=query.device)
-    bias = (slope[:, None] * torch.arange(kv_length, device=query.device)[None, :]).to(query.dtype)
+    # Upstream adds slope * key_index; softmax ignores a per-row constant, so slope * (key - query
+    # position) is the same attention with small values near the diagonal, which bf16 keeps precise.
+    keys = torch.arange(kv_length, device=query.device)
+    rows = torch.arange(kv_length - q_length, kv_length, device=query.device)
+    bias = slope[:, None, None] * (keys[None, None, :] - rows[None, :, None])
     return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                  position_bias=bias[None, :, None, :], **kwargs)
+                                  position_bias=bias[None].to(query.dtype), **kwargs)
 
 
 AttentionInterface.register(ATTENTION, alibi_attention)
