@@ -45,6 +45,8 @@ class ChatAdapter:
     default_system: str | None = None
     #: sampling defaults of the family, below the checkpoint's generation_config
     generation_defaults: dict[str, Any] = {}
+    #: drop whitespace the model writes before its reply (the reply text only; ids are kept)
+    strip_reply_start = False
 
     @classmethod
     def matches(cls, config: dict, files: set[str], folder) -> bool:

@@ -16,6 +16,9 @@ class ChatGLM3Adapter(NativeLoading, ChatAdapter):
     stop_tokens = ("<|user|>", "<|observation|>")  # and eos </s>, as upstream chat() does
     # Upstream chat(): max_length 8192 for prompt and reply together, so the reply may use what is left.
     generation_defaults = {"temperature": 0.8, "top_p": 0.8, "max_new_tokens": 8192}
+    # A reply starts with a metadata line, empty in chat; upstream chat() strips it from the reply it
+    # returns and keeps in history, so the next prompt holds the reply without it.
+    strip_reply_start = True
 
     @classmethod
     def matches(cls, config, files, folder) -> bool:

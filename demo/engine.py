@@ -269,6 +269,8 @@ class _Run:
 
     def _emit_text(self, decoded: str, final: bool) -> str:
         shown = self.filter.feed(decoded) + (self.filter.flush() if final else "")
+        if not self.text and getattr(self.loaded.adapter, "strip_reply_start", False):
+            shown = shown.lstrip()  # e.g. ChatGLM3's empty metadata line before the reply
         self.text += shown
         if final:
             self._tail = shown

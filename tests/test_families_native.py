@@ -74,6 +74,7 @@ def test_each_stop_token_ends_the_reply_without_its_text(loaded, folder):
         assert marker not in last.text
         # The text is the tokens before the stop (less a character the random tokens left incomplete).
         text = model.tokenizer.decode(last.output_ids[:-1], skip_special_tokens=True)
+        text = text.lstrip() if model.adapter.strip_reply_start else text
         assert last.text == text.rstrip("\ufffd")
 
 
@@ -142,3 +143,26 @@ def test_alibi_attention_respects_the_padding_mask(loaded):
         alone = model(torch.tensor([ids])).logits[0, -1]
         padded = model(torch.tensor([[0] * 5 + ids]), attention_mask=torch.tensor([[0] * 5 + [1] * len(ids)]))
     assert (padded.logits[0, -1] - alone).abs().max().item() < 1e-4
+
+
+class ForceSequence(ForceToken):
+    def __call__(self, module, inputs, output):
+        output = output.clone()
+        output[..., self.token[min(self.calls, len(self.token) - 1)]] = output.abs().max() * 10 + 100
+        self.calls += 1
+        return output
+
+
+def test_chatglm3_reply_loses_its_empty_metadata_line(loaded):
+    model = loaded("chatglm3")
+    tokenizer = model.tokenizer
+    newline, hello = tokenizer.sp.encode("\n"), tokenizer.sp.encode("hello")
+    stop = tokenizer.convert_tokens_to_ids("<|user|>")
+    hook = model.model.lm_head.register_forward_hook(ForceSequence(newline + hello + [stop], after=0))
+    try:
+        last = list(stream_chat(model, [{"role": "user", "content": "hi"}],
+                                GenerationParams(greedy=True, max_new_tokens=20)))[-1]
+    finally:
+        hook.remove()
+    assert last.output_ids == newline + hello + [stop]
+    assert last.text == "hello" and last.finish_reason == "stop"
