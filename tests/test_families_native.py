@@ -10,7 +10,8 @@ from demo.cli import main
 from demo.engine import stream_chat
 from demo.loader import folder_entry, load_entry
 from demo.params import GenerationParams
-from tests.families import FOLDERS, UPSTREAM, cases, hub_cache, reference, run_json  # noqa: F401
+from tests.families import (FOLDERS, TEXT_STAYS_TEXT, UPSTREAM, cases, hub_cache, reference,  # noqa: F401
+                            run_json)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,22 @@ def test_generate_input_ids_gives_the_upstream_greedy_continuation(capsys, folde
     assert out["output_ids"] == case["greedy_new_tokens"]
     if case["greedy_stopped_on"] is not None:  # the family's stop ids apply to raw ids too
         assert out["finish_reason"] == "stop"
+
+
+def plain_cases():
+    """Cases whose prompt is upstream's id for id (typed special text is where the hub differs)."""
+    return [c for c in cases() if not (c.values[1]["id"].startswith("special_tokens")
+                                       and c.values[0] in TEXT_STAYS_TEXT)]
+
+
+@pytest.mark.parametrize("folder,case", plain_cases())
+def test_generate_messages_gives_the_upstream_prompt_and_continuation(capsys, tmp_path, folder, case):
+    messages = tmp_path / "messages.json"
+    messages.write_text(json.dumps(case["messages"]), encoding="utf-8")
+    out = run_json(capsys, "generate", UPSTREAM / folder, "--messages", messages, "--greedy",
+                   "--max-new-tokens", "8", "--json")
+    assert out["prompt_ids"] == case["input_ids"]
+    assert out["output_ids"] == case["greedy_new_tokens"]
 
 
 class ForceToken:
