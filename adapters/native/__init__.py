@@ -50,12 +50,15 @@ def native_folder(folder: Path, family: str | None = None) -> Path:
     """The converted folder for `folder`, converting on the first call and reusing it afterwards."""
     target = cache_root() / cache_key(folder)
     if not (target / "config.json").is_file():
-        convert_folder(folder, target, family)
+        convert_folder(folder, target, family, replace=False)
     return target
 
 
-def convert_folder(folder: Path, out: Path, family: str | None = None) -> Path:
-    """Write the native folder (config, safetensors shards, tokenizer files); atomic: all or nothing."""
+def convert_folder(folder: Path, out: Path, family: str | None = None, replace: bool = True) -> Path:
+    """Write the native folder (config, safetensors shards, tokenizer files); atomic: all or nothing.
+
+    With replace=False (the cache) a folder another load finished meanwhile is kept as it is.
+    """
     folder, out = Path(folder), Path(out)
     module = converter_for(folder)
     config = read_json(folder / "config.json")
@@ -73,9 +76,10 @@ def convert_folder(folder: Path, out: Path, family: str | None = None) -> Path:
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 copy_without_remote_code(folder / name, work / name)
-        if out.exists():
+        if out.exists() and replace:
             shutil.rmtree(out)
-        work.rename(out)
+        if not out.exists():
+            work.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
