@@ -134,10 +134,11 @@ def test_missing_gguf_is_unavailable_and_loading_it_fails_clearly_while_the_defa
 
 def test_corrupt_checkpoint_fails_to_load_and_leaves_the_rest_working(client):
     _table, info = call(client, BROKEN, api_name="/load_model")
-    assert info.startswith(f"⚠️ {BROKEN}: OSError:")
-    assert "not a valid JSON file" in info
+    # The loader reads config.json first (family settings) and names the file it cannot read.
+    assert info.startswith(f"⚠️ {BROKEN}: AdapterError:")
+    assert "broken/config.json: cannot read it as JSON" in info
     row = states(client)[BROKEN]
-    assert row[3] == "error" and "not a valid JSON file" in row[5]
+    assert row[3] == "error" and "config.json: cannot read it as JSON" in row[5]
 
     send(client, "Say hi.")
     view, _ = reply(client, DEFAULT, 4)
