@@ -19,3 +19,12 @@ def smollm(registry):
     from demo.loader import load_entry
 
     return load_entry(registry.get(DEFAULT_ID))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hub_cache(tmp_path_factory):
+    """Natively converted checkpoints go to a per-session cache, not the user's ~/.cache/demo-hub."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("hub-cache")
+        patch.setenv("HUB_CACHE", str(cache))
+        yield cache

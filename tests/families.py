@@ -51,12 +51,3 @@ def copy_folder(folder: str, tmp_path: Path, weights: bool = True) -> Path:
     ignore = shutil.ignore_patterns("*.safetensors", "*.bin") if not weights else None
     shutil.copytree(UPSTREAM / folder, target, ignore=ignore)
     return target
-
-
-@pytest.fixture(scope="session", autouse=True)
-def hub_cache(tmp_path_factory):
-    """Converted weights go to a per-session cache, not the user's ~/.cache/demo-hub."""
-    with pytest.MonkeyPatch.context() as patch:
-        cache = tmp_path_factory.mktemp("hub-cache")
-        patch.setenv("HUB_CACHE", str(cache))
-        yield cache

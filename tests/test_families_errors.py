@@ -10,7 +10,7 @@ import pytest
 
 from demo.manager import ModelLoadError, ModelManager
 from demo.registry import parse_registry
-from tests.families import UPSTREAM, copy_folder, hub_cache, reference, run_error, write_messages  # noqa: F401
+from tests.families import UPSTREAM, copy_folder, reference, run_error, write_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "hello"}]

@@ -10,7 +10,7 @@ from demo.cli import main
 from demo.engine import stream_chat
 from demo.loader import folder_entry, load_entry
 from demo.params import GenerationParams
-from tests.families import (FOLDERS, TEXT_STAYS_TEXT, UPSTREAM, cases, hub_cache, reference,  # noqa: F401
+from tests.families import (FOLDERS, TEXT_STAYS_TEXT, UPSTREAM, cases, reference,
                             run_json)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from adapters import detect_family
-from tests.families import (FAMILY_OF, FOLDERS, TEXT_STAYS_TEXT, UPSTREAM, cases, copy_folder, hub_cache,  # noqa: F401
+from tests.families import (FAMILY_OF, FOLDERS, TEXT_STAYS_TEXT, UPSTREAM, cases, copy_folder,
                             reference, run_json, write_messages)
 
 

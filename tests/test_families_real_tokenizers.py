@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.weights import package_folder
-from tests.families import PROMPTS, hub_cache, run_json, write_messages  # noqa: F401
+from tests.families import PROMPTS, run_json, write_messages
 
 
 def prompt_cases(name: str):
