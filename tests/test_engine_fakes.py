@@ -25,13 +25,15 @@ def test_length_finish_when_max_new_tokens_is_reached():
 
 
 def test_stop_string_ends_generation_and_is_never_shown_even_in_part():
-    loaded = scripted("Answer: 42\nUser: and more text after", stop_strings=["\nUser:"])
+    # 10 ms a step, as a real model takes at least that: the bound below is in steps, not a race.
+    loaded = scripted("Answer: 42\nUser: and more text after", step_s=0.01, stop_strings=["\nUser:"])
     chunks = list(stream_chat(loaded, USER))
     assert chunks[-1].finish_reason == "stop"
     assert chunks[-1].text == "Answer: 42"
     assert all("\n" not in c.text for c in chunks)
     # the worker stopped right after the marker, not at the end of the script
-    assert loaded.model.steps_run <= len("Answer: 42\nUser:") + 1
+    assert loaded.model.finished.wait(2)
+    assert loaded.model.steps_run <= len("Answer: 42\nUser:") + 2
 
 
 def test_cancel_ends_the_worker_thread_within_a_couple_of_steps():
