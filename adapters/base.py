@@ -92,8 +92,11 @@ class ChatAdapter:
     def load_model(self, weights, dtype, device: str):
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=dtype, **weights.pretrained_kwargs())
-        return model.to(device).eval()
+        from .quant import model_kwargs, place
+
+        model = AutoModelForCausalLM.from_pretrained(weights.location, **model_kwargs(weights.quant, dtype, device),
+                                                     **weights.pretrained_kwargs())
+        return place(model, weights.quant, device)
 
     # -- stops --------------------------------------------------------------------------------
     def stop_markers(self, tokenizer) -> Sequence[str]:
