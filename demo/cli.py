@@ -94,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--csv", help="also write every vote to this CSV file")
     board.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
     board.set_defaults(run=cmd_leaderboard)
+
+    quant = sub.add_parser("quantize", help="quantize a full-precision folder to GPTQ or AWQ (gptqmodel)")
+    quant.add_argument("src", help="a full-precision checkpoint folder")
+    quant.add_argument("dst", help="a new folder for the quantized checkpoint")
+    quant.add_argument("--method", choices=["gptq", "awq"], default="gptq")
+    quant.add_argument("--bits", type=int, default=4, help="gptq: 2, 3, 4 or 8; awq: 4")
+    quant.add_argument("--group-size", type=int, default=128, help="input columns sharing one scale (-1: one group)")
+    quant.add_argument("--desc-act", action="store_true", help="gptq: quantize columns by activation order")
+    quant.add_argument("--calibration", help="a JSON list of strings or one sample per line (default: built in)")
+    quant.add_argument("--report-memory", action="store_true",
+                       help="then load both and print full-precision vs quantized memory")
+    quant.set_defaults(run=cmd_quantize)
     return parser
 
 
@@ -117,6 +129,8 @@ def add_model_args(parser) -> None:
     parser.add_argument("model", help="a registry id or a local checkpoint folder")
     parser.add_argument("--family", choices=sorted(["auto", *FAMILIES]), default=None,
                         help="override the family detected from the folder's files")
+    parser.add_argument("--quantization", choices=["bnb-4bit", "bnb-8bit"],
+                        help="quantize a full-precision model at load with bitsandbytes")
 
 
 def add_sampling_args(parser) -> None:
@@ -137,6 +151,15 @@ def registry_of(args) -> Registry:
 
 def entry_for(args) -> ModelEntry:
     """A registry id, else a local folder (family detected from its files, or --family)."""
+    entry = find_entry(args)
+    if getattr(args, "quantization", None):
+        from .registry import Quantization
+
+        entry = entry.model_copy(update={"quantization": Quantization(method=args.quantization)})
+    return entry
+
+
+def find_entry(args) -> ModelEntry:
     model = args.model
     registry = None
     if not Path(model).exists():
@@ -150,6 +173,10 @@ def entry_for(args) -> ModelEntry:
         return folder_entry(model, args.family or "auto")
     known = ", ".join(e.id for e in registry) if registry else "none"
     raise UnknownModelError(f"{model!r} is neither a registry id ({known}) nor a folder")
+
+
+def registry_or_none(args) -> Registry | None:
+    return None if Path(args.model).exists() else registry_of(args)
 
 
 def params_of(args, defaults):
@@ -172,10 +199,12 @@ def read_messages(path: str) -> list[dict]:
     return data
 
 
-def load_model(entry: ModelEntry):
+def load_model(entry: ModelEntry, registry: Registry | None = None):
+    """Load an entry; a LoRA/PEFT entry loads its base entry first."""
     from .loader import load_entry
 
-    return load_entry(entry)
+    base = load_model(registry.get(entry.base), registry) if entry.base else None
+    return load_entry(entry, base)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -196,7 +225,10 @@ def cmd_list(args) -> int:
 def cmd_prompt(args) -> int:
     from .loader import load_without_weights
 
-    loaded = load_without_weights(entry_for(args))
+    entry = entry_for(args)
+    if entry.base:  # a LoRA/PEFT entry prompts like its base
+        entry = registry_of(args).get(entry.base)
+    loaded = load_without_weights(entry)
     budget = args.max_new_tokens or loaded.defaults.max_new_tokens
     prompt = loaded.adapter.build_prompt(loaded.tokenizer, read_messages(args.messages), loaded.context_length,
                                          budget, loaded.extra_stop_ids)
@@ -214,7 +246,7 @@ def cmd_prompt(args) -> int:
 def cmd_generate(args) -> int:
     from .engine import stream_chat, stream_ids
 
-    loaded = load_model(entry_for(args))
+    loaded = load_model(entry_for(args), registry_or_none(args))
     params = params_of(args, loaded.defaults)
     if args.input_ids:
         try:
@@ -241,7 +273,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .engine import CancelToken, stream_chat
 
-    loaded = load_model(entry_for(args))
+    loaded = load_model(entry_for(args), registry_or_none(args))
     params = params_of(args, loaded.defaults)
     history = [{"role": "system", "content": args.system}] if args.system else []
     print(f"Chatting with {loaded.id}. Ctrl-C stops a reply; /reset clears; /exit or Ctrl-D quits.")
@@ -267,6 +299,17 @@ def cmd_chat(args) -> int:
         if last is not None:
             print(f"\n[{last.finish_reason}; {last.stats.summary()}]" + (f" {last.error}" if last.error else ""))
             history.append({"role": "assistant", "content": last.text})
+
+
+def cmd_quantize(args) -> int:
+    from .quantize import format_report, memory_report, quantize, read_calibration
+
+    calibration = read_calibration(args.calibration) if args.calibration else None
+    dst = quantize(args.src, args.dst, args.method, args.bits, args.group_size, args.desc_act, calibration)
+    print(f"wrote {args.method} {args.bits}-bit checkpoint to {dst}")
+    if args.report_memory:
+        print(format_report(memory_report(args.src, dst)))
+    return 0
 
 
 def cmd_serve(args) -> int:

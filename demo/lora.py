@@ -41,8 +41,9 @@ class AdapterView:
 
     def own_bytes(self) -> int:
         """Memory this entry adds: its adapter's weights only (the base counts the shared ones)."""
-        if self.adapter_name is None:
-            return model_bytes(self.model)
+        if self.adapter_name is None:  # the shared weights, without the adapters injected into them
+            return model_bytes(self.model) - sum(p.nbytes for name, p in self.model.named_parameters()
+                                                 if ".lora_" in name)
         marker = f".{self.adapter_name}."
         return sum(p.nbytes for name, p in self.model.named_parameters() if marker in f"{name}.")
 
