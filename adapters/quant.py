@@ -185,3 +185,46 @@ def held_bits(spec: QuantSpec, dtype) -> int:
     import torch
 
     return spec.bits if spec.bits and spec.method != GGUF else torch.finfo(dtype).bits
+
+
+# -- native conversions on packed tensors ---------------------------------------------------------
+GPTQ_PACKED_BY_OUTPUT = ("qweight", "scales", "qzeros")  # qzeros: 32/bits outputs per int32 column
+
+
+def split_fused(part: str, tensor, pieces: int = 3) -> tuple:
+    """Split one tensor of a fused [q | k | v] linear into equal pieces, plain or GPTQ-packed.
+
+    weight [out, in] and bias [out] split along the output rows. GPTQ's qweight [in/8, out] and scales
+    [groups, out] split along their output columns, qzeros [groups, out/8] along its packed columns
+    (each piece keeps whole int32 words), and g_idx (one group index per input row) is shared.
+    """
+    if part == "g_idx":
+        return tuple(tensor.clone() for _ in range(pieces))  # copies: a safetensors file holds no aliases
+    dim = -1 if part in GPTQ_PACKED_BY_OUTPUT else 0
+    if tensor.shape[dim] % pieces:
+        raise QuantError(f"cannot split a fused {part} of shape {tuple(tensor.shape)} into {pieces} equal parts")
+    return tuple(t.contiguous() for t in tensor.chunk(pieces, dim=dim))
+
+
+def drop_zero_bias(part: str, tensor, name: str) -> bool:
+    """AutoGPTQ saved an all-zero bias on quantized linears that have none (Qwen *-Int4): drop those.
+
+    A non-zero one has no place in the native model, so it is an error rather than silently lost.
+    """
+    if part != "bias":
+        return False
+    if tensor.any():
+        raise QuantError(f"{name} is a non-zero bias on a layer that the native model has without one")
+    return True
+
+
+def native_quantization_config(config: dict) -> dict | None:
+    """The upstream quantization_config for the converted folder; GPTQ keeps its checkpoint format (v1
+    unless it says otherwise), so the zero-point convention of the packed tensors is kept."""
+    stored = config.get("quantization_config")
+    if not stored:
+        return None
+    stored = dict(stored)
+    if str(stored.get("quant_method")).lower() == "gptq":
+        stored["checkpoint_format"] = stored.get("checkpoint_format") or stored.get("format") or "gptq"
+    return stored
