@@ -175,8 +175,10 @@ def find_entry(args) -> ModelEntry:
     raise UnknownModelError(f"{model!r} is neither a registry id ({known}) nor a folder")
 
 
-def registry_or_none(args) -> Registry | None:
-    return None if Path(args.model).exists() else registry_of(args)
+def load_for(args):
+    """Load the model the command names; a LoRA/PEFT entry needs the registry to find its base."""
+    entry = entry_for(args)
+    return load_model(entry, registry_of(args)) if entry.base else load_model(entry)
 
 
 def params_of(args, defaults):
@@ -246,7 +248,7 @@ def cmd_prompt(args) -> int:
 def cmd_generate(args) -> int:
     from .engine import stream_chat, stream_ids
 
-    loaded = load_model(entry_for(args), registry_or_none(args))
+    loaded = load_for(args)
     params = params_of(args, loaded.defaults)
     if args.input_ids:
         try:
@@ -273,7 +275,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .engine import CancelToken, stream_chat
 
-    loaded = load_model(entry_for(args), registry_or_none(args))
+    loaded = load_for(args)
     params = params_of(args, loaded.defaults)
     history = [{"role": "system", "content": args.system}] if args.system else []
     print(f"Chatting with {loaded.id}. Ctrl-C stops a reply; /reset clears; /exit or Ctrl-D quits.")

@@ -298,3 +298,16 @@ def test_lora_on_a_quantized_base(packed, lora_folder):
     assert (tuned.quant_format, tuned.bits, tuned.base_id) == ("gptq", 4, "base")
     assert not torch.allclose(last_logits(tuned.model), last_logits(base.model), atol=1e-3)
     assert list(stream_chat(tuned, HELLO, greedy(tuned, 3)))[-1].error is None
+
+
+def test_cli_generates_with_a_lora_entry_and_a_bnb_flag(fp_folder, lora_folder, tmp_path, capsys):
+    import json
+
+    registry = tmp_path / "models.yaml"
+    registry.write_text(f"models:\n  - {{id: base, name: B, source: {{path: {fp_folder}}}}}\n"
+                        f"  - {{id: tuned, name: T, base: base, adapter: {lora_folder}}}\n")
+    args = ["--prompt", "Hi", "--max-new-tokens", "3", "--greedy", "--json"]
+    assert main(["--registry", str(registry), "generate", "tuned", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["error"] is None
+    assert main(["generate", str(fp_folder), "--quantization", "bnb-8bit", *args]) == 0
+    assert len(json.loads(capsys.readouterr().out)["output_ids"]) == 3
