@@ -192,6 +192,20 @@ class Registry:
         self.entries[entry.id] = entry
         return entry
 
+    def quantized_variant(self, model_id: str, method: str) -> ModelEntry:
+        """The entry `<id>-<method>`: `model_id` quantized at load with bitsandbytes (what the UI offers).
+
+        Added on first use, so the full-precision model and its 4/8-bit variant can sit side by side.
+        """
+        entry = self.get(model_id)
+        if entry.base or entry.quantization:
+            raise RegistryError(f"{model_id!r} cannot be quantized at load: it is a LoRA entry or already is")
+        variant_id = f"{model_id}-{method}"
+        if variant_id not in self.entries:
+            self.add(entry.model_copy(update={"id": variant_id, "name": f"{entry.name} ({method})",
+                                              "quantization": Quantization(method=method)}))
+        return self.entries[variant_id]
+
     @property
     def default_id(self) -> str | None:
         return self.settings.default_model or next(iter(self.entries), None)

@@ -83,6 +83,15 @@ def test_registry_quantization_and_lora_entries():
             parse_registry("models:\n" + text, "r.yaml")
 
 
+def test_a_quantized_variant_is_added_once_next_to_the_full_model():
+    registry = parse_registry("models:\n  - {id: m, name: M, source: {path: /tmp}}\n")
+    variant = registry.quantized_variant("m", "bnb-8bit")
+    assert (variant.id, variant.name, variant.quantization.method) == ("m-bnb-8bit", "M (bnb-8bit)", "bnb-8bit")
+    assert registry.quantized_variant("m", "bnb-8bit") is variant and registry.get("m").quantization is None
+    with pytest.raises(RegistryError, match="already is"):
+        registry.quantized_variant("m-bnb-8bit", "bnb-4bit")
+
+
 # -- format detection ----------------------------------------------------------------------------
 def folder_with(tmp_path, config: dict) -> Path:
     import json
