@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -178,7 +179,9 @@ def find_entry(args) -> ModelEntry:
 def load_for(args):
     """Load the model the command names; a LoRA/PEFT entry needs the registry to find its base."""
     entry = entry_for(args)
-    return load_model(entry, registry_of(args)) if entry.base else load_model(entry)
+    # gptqmodel prints its banner and kernel choices on stdout: keep stdout for the command's own output
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_model(entry, registry_of(args)) if entry.base else load_model(entry)
 
 
 def params_of(args, defaults):

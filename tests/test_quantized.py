@@ -309,7 +309,7 @@ def test_lora_on_a_quantized_base(packed, lora_folder):
     assert list(stream_chat(tuned, HELLO, greedy(tuned, 3)))[-1].error is None
 
 
-def test_cli_generates_with_a_lora_entry_and_a_bnb_flag(fp_folder, lora_folder, tmp_path, capsys):
+def test_cli_generates_with_a_lora_entry_and_a_bnb_flag(fp_folder, lora_folder, packed, tmp_path, capsys):
     import json
 
     registry = tmp_path / "models.yaml"
@@ -320,3 +320,5 @@ def test_cli_generates_with_a_lora_entry_and_a_bnb_flag(fp_folder, lora_folder, 
     assert json.loads(capsys.readouterr().out)["error"] is None
     assert main(["generate", str(fp_folder), "--quantization", "bnb-8bit", *args]) == 0
     assert len(json.loads(capsys.readouterr().out)["output_ids"]) == 3
+    assert main(["generate", str(packed("gptq")), *args]) == 0  # gptqmodel's log lines stay off stdout
+    assert json.loads(capsys.readouterr().out)["finish_reason"] == "length"
