@@ -318,6 +318,10 @@ def test_cli_generates_with_a_lora_entry_and_a_bnb_flag(fp_folder, lora_folder, 
     args = ["--prompt", "Hi", "--max-new-tokens", "3", "--greedy", "--json"]
     assert main(["--registry", str(registry), "generate", "tuned", *args]) == 0
     assert json.loads(capsys.readouterr().out)["error"] is None
+    messages = tmp_path / "m.json"
+    messages.write_text(json.dumps(HELLO))
+    assert main(["--registry", str(registry), "prompt", "tuned", "--messages", str(messages), "--json"]) == 0
+    assert "Hello! Who are you?" in json.loads(capsys.readouterr().out)["text"]  # built like its base's
     assert main(["generate", str(fp_folder), "--quantization", "bnb-8bit", *args]) == 0
     assert len(json.loads(capsys.readouterr().out)["output_ids"]) == 3
     assert main(["generate", str(packed("gptq")), *args]) == 0  # gptqmodel's log lines stay off stdout
