@@ -143,12 +143,12 @@ def gguf_type(file: str) -> str:
 
 
 def read_config(folder: Path | None) -> dict:
-    if folder is None or not (Path(folder) / "config.json").is_file():
-        return {}
+    """config.json as a dict; {} when absent or unreadable (the model load then reports that file)."""
     try:
-        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise QuantError(f"{folder}/config.json: cannot read it as JSON: {e}") from None
+        data = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")) if folder else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # -- loading ----------------------------------------------------------------------------------
