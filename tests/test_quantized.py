@@ -76,7 +76,9 @@ def test_registry_quantization_and_lora_entries():
         "  - {id: a, name: A, source: {path: /tmp}}\n  - id: t\n    name: T\n    base: nope\n    adapter: /x\n":
             ":5: models[1].base: 'nope': no model has this id",
         "  - {id: a, name: A, adapter: /x}\n": "needs both `base`",
-        "  - {id: a, name: A}\n": "missing required key 'source'",
+        "  - {id: a, name: A}\n": "a local model needs `source` (or `base` + `adapter`",
+        "  - {id: r, name: R, backend: openai, base_url: 'http://h/v1'}\n  - {id: t, name: T, base: r, adapter: /x}\n":
+            "models[1].base: 'r': it is a remote model",
     }
     for text, expected in bad.items():
         with pytest.raises(RegistryError, match=re.escape(expected)):
