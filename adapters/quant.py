@@ -228,3 +228,65 @@ def native_quantization_config(config: dict) -> dict | None:
     if str(stored.get("quant_method")).lower() == "gptq":
         stored["checkpoint_format"] = stored.get("checkpoint_format") or stored.get("format") or "gptq"
     return stored
+
+
+# -- Qwen-7B-Chat-Int4 on its own ----------------------------------------------------------------
+# OVERLAP: the Qwen1 family (adapters/native/qwen1.py, issue 3) has the same config and name mapping for
+# the full-precision port; once it is on main its converter takes packed tensors through split_fused and
+# drop_zero_bias above, and this stand-alone copy of the mapping can go.
+QWEN1_RENAMES = [
+    (r"^transformer\.wte\.", "model.embed_tokens."), (r"^transformer\.ln_f\.", "model.norm."),
+    (r"^transformer\.h\.(\d+)\.ln_1\.", r"model.layers.\1.input_layernorm."),
+    (r"^transformer\.h\.(\d+)\.ln_2\.", r"model.layers.\1.post_attention_layernorm."),
+    (r"^transformer\.h\.(\d+)\.attn\.c_proj\.", r"model.layers.\1.self_attn.o_proj."),
+    (r"^transformer\.h\.(\d+)\.mlp\.w2\.", r"model.layers.\1.mlp.gate_proj."),  # upstream: w1(x) * silu(w2(x))
+    (r"^transformer\.h\.(\d+)\.mlp\.w1\.", r"model.layers.\1.mlp.up_proj."),
+    (r"^transformer\.h\.(\d+)\.mlp\.c_proj\.", r"model.layers.\1.mlp.down_proj."), (r"^lm_head\.", "lm_head.")]
+QWEN1_C_ATTN = re.compile(r"^transformer\.h\.(\d+)\.attn\.c_attn\.(\w+)$")
+
+
+def qwen1_gptq_state(tensors: dict) -> dict:
+    """Qwen1 GPTQ tensors renamed for Qwen2ForCausalLM, the fused c_attn split on its packed form."""
+    out = {}
+    for name, tensor in tensors.items():
+        part = name.rsplit(".", 1)[-1]
+        fused = QWEN1_C_ATTN.match(name)
+        if fused:
+            names = [f"model.layers.{fused.group(1)}.self_attn.{p}_proj.{part}" for p in "qkv"]
+            out.update(zip(names, split_fused(part, tensor)))
+            continue
+        native = next((re.sub(p, r, name) for p, r in QWEN1_RENAMES if re.match(p, name)), None)
+        if native is None:
+            raise QuantError(f"unexpected tensor {name!r} in a Qwen1 GPTQ folder")
+        if not drop_zero_bias(part, tensor, name):
+            out[native] = tensor
+    return out
+
+
+def qwen1_native_config(config: dict) -> dict:
+    heads = config["num_attention_heads"]
+    return dict(vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
+                intermediate_size=config["intermediate_size"] // 2, num_hidden_layers=config["num_hidden_layers"],
+                num_attention_heads=heads, num_key_value_heads=heads,
+                head_dim=config.get("kv_channels") or config["hidden_size"] // heads,
+                rms_norm_eps=config.get("layer_norm_epsilon", 1e-6),
+                max_position_embeddings=config.get("seq_length") or config.get("max_position_embeddings", 8192),
+                rope_parameters={"rope_type": "default", "rope_theta": float(config.get("rotary_emb_base", 10000))},
+                tie_word_embeddings=bool(config.get("tie_word_embeddings", False)), use_sliding_window=False)
+
+
+def load_qwen1_gptq(folder: Path, dtype, device: str):
+    """A Qwen-*-Chat-Int4 folder as a native Qwen2ForCausalLM, converted in memory on its packed tensors."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config, spec = read_config(folder), detect(folder, None)
+    if spec.method != GPTQ or config.get("model_type") != "qwen":
+        raise QuantError(f"{folder} is not a Qwen1 GPTQ folder")
+    tensors = {}
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    native = Qwen2Config(**qwen1_native_config(config), quantization_config=native_quantization_config(config))
+    model = Qwen2ForCausalLM.from_pretrained(None, config=native, state_dict=qwen1_gptq_state(tensors),
+                                             **model_kwargs(spec, dtype, device))
+    return place(model, spec, device)
