@@ -6,6 +6,7 @@ A small built-in calibration set (chat, prose, code, numbers, Chinese) is enough
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -60,12 +61,29 @@ def quantize(src: str | Path, dst: str | Path, method: str = GPTQ, bits: int = 4
     model = GPTQModel.load(str(src), config, device="cuda" if cuda else "cpu")
     # On CPU the AWQ packer must be the portable torch one (the default GEMM packer needs CUDA).
     backend = BACKEND.AWQ_TORCH if method == AWQ and not cuda else BACKEND.AUTO
-    model.quantize(calibration or CALIBRATION, batch_size=1, backend=backend)
+    with per_layer_logs_elsewhere():
+        model.quantize(calibration or CALIBRATION, batch_size=1, backend=backend)
     model.save(str(dst))
     copy_tokenizer_files(src, dst)
     for leftover in ("quant_log.csv",):  # gptqmodel's per-layer log, not part of a checkpoint
         (dst / leftover).unlink(missing_ok=True)
     return dst
+
+
+@contextlib.contextmanager
+def per_layer_logs_elsewhere():
+    """gptqmodel writes per-layer logs into ./logs of whatever folder it runs in: send them to a temp folder."""
+    import tempfile
+
+    from gptqmodel.looper import loop_processor
+
+    saved = loop_processor._PROJECT_LOG_DIR
+    with tempfile.TemporaryDirectory(prefix="gptqmodel-logs-") as folder:
+        loop_processor._PROJECT_LOG_DIR = Path(folder)
+        try:
+            yield
+        finally:
+            loop_processor._PROJECT_LOG_DIR = saved
 
 
 def check_request(src: Path, dst: Path, method: str, bits: int) -> None:

@@ -231,9 +231,11 @@ def test_missing_backend_is_one_line_and_the_hub_keeps_serving(monkeypatch, pack
 
 # -- the quantize command ----------------------------------------------------------------------
 @pytest.mark.parametrize("method, extra", [("gptq", ["--desc-act"]), ("awq", [])])
-def test_quantize_command_writes_a_folder_the_hub_loads(fp_folder, capsys, method, extra):
+def test_quantize_command_writes_a_folder_the_hub_loads(fp_folder, capsys, method, extra, tmp_path, monkeypatch):
     dst = fp_folder.parent / f"cli-{method}"
+    monkeypatch.chdir(tmp_path)
     assert main(["quantize", str(fp_folder), str(dst), "--method", method, "--bits", "4", *extra]) == 0
+    assert not any(tmp_path.iterdir())  # nothing left in the folder it ran from (gptqmodel's ./logs)
     assert f"wrote {method} 4-bit" in capsys.readouterr().out
     loaded = load(dst, dtype="float32")
     assert (loaded.quant_format, loaded.bits) == (method, 4)
