@@ -102,11 +102,13 @@ class ChatAdapter:
         from transformers import AutoModelForCausalLM
 
         from .files import check_checkpoint
+        from .quant import model_kwargs, place
 
         if weights.folder is not None and not weights.gguf_file:
             check_checkpoint(weights.folder)
-        model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=dtype, **weights.pretrained_kwargs())
-        return model.to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(weights.location, **model_kwargs(weights.quant, dtype, device),
+                                                     **weights.pretrained_kwargs())
+        return place(model, weights.quant, device)
 
     # -- stops --------------------------------------------------------------------------------
     def stop_markers(self, tokenizer) -> Sequence[str]:

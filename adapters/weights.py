@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from .quant import NONE_SPEC, QuantSpec, detect
 
 
 class WeightsMissing(FileNotFoundError):
@@ -20,6 +22,7 @@ class Weights:
     gguf_file: str | None = None
     revision: str | None = None
     local: bool = True
+    quant: QuantSpec = NONE_SPEC  # how the weights are quantized (see adapters/quant.py)
 
     def pretrained_kwargs(self) -> dict:
         kwargs = {}
@@ -84,6 +87,11 @@ def resolve_repo(repo: str, gguf_file: str | None, revision: str | None) -> Weig
     except Exception:
         return Weights(repo, gguf_file, revision, local=False)
     return Weights(folder, gguf_file, None)
+
+
+def with_quantization(weights: Weights, requested=None) -> Weights:
+    """Weights with their quantization format read from the files (and the registry's bnb request)."""
+    return replace(weights, quant=detect(weights.folder, weights.gguf_file, requested))
 
 
 def availability(source) -> tuple[bool, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -100,6 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("folder", help="the upstream checkpoint folder")
     convert.add_argument("out", help="the folder to write (replaced if it exists)")
     convert.set_defaults(run=cmd_convert)
+
+    quant = sub.add_parser("quantize", help="quantize a full-precision folder to GPTQ or AWQ (gptqmodel)")
+    quant.add_argument("src", help="a full-precision checkpoint folder")
+    quant.add_argument("dst", help="a new folder for the quantized checkpoint")
+    quant.add_argument("--method", choices=["gptq", "awq"], default="gptq")
+    quant.add_argument("--bits", type=int, default=4, help="gptq: 2, 3, 4 or 8; awq: 4")
+    quant.add_argument("--group-size", type=int, default=128, help="input columns sharing one scale (-1: one group)")
+    quant.add_argument("--desc-act", action="store_true", help="gptq: quantize columns by activation order")
+    quant.add_argument("--calibration", help="a JSON list of strings or one sample per line (default: built in)")
+    quant.add_argument("--report-memory", action="store_true",
+                       help="then load both and print full-precision vs quantized memory")
+    quant.set_defaults(run=cmd_quantize)
     return parser
 
 
@@ -125,6 +138,8 @@ def add_model_args(parser) -> None:
                         help="override the family detected from the folder's files")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None,
                         help="weights precision (default: the registry entry's; auto for a folder)")
+    parser.add_argument("--quantization", choices=["bnb-4bit", "bnb-8bit"],
+                        help="quantize a full-precision model at load with bitsandbytes")
 
 
 def add_sampling_args(parser) -> None:
@@ -145,6 +160,15 @@ def registry_of(args) -> Registry:
 
 def entry_for(args) -> ModelEntry:
     """A registry id, else a local folder (family detected from its files, or --family)."""
+    entry = find_entry(args)
+    if getattr(args, "quantization", None):
+        from .registry import Quantization
+
+        entry = entry.model_copy(update={"quantization": Quantization(method=args.quantization)})
+    return entry
+
+
+def find_entry(args) -> ModelEntry:
     model = args.model
     registry = None
     if not Path(model).exists():
@@ -158,6 +182,14 @@ def entry_for(args) -> ModelEntry:
         return folder_entry(model, args.family or "auto").model_copy(update=overrides)
     known = ", ".join(e.id for e in registry) if registry else "none"
     raise UnknownModelError(f"{model!r} is neither a registry id ({known}) nor a folder")
+
+
+def load_for(args):
+    """Load the model the command names; a LoRA/PEFT entry needs the registry to find its base."""
+    entry = entry_for(args)
+    # gptqmodel prints its banner and kernel choices on stdout: keep stdout for the command's own output
+    with contextlib.redirect_stdout(sys.stderr):
+        return load_model(entry, registry_of(args)) if entry.base else load_model(entry)
 
 
 def params_of(args, defaults):
@@ -180,10 +212,12 @@ def read_messages(path: str) -> list[dict]:
     return data
 
 
-def load_model(entry: ModelEntry):
+def load_model(entry: ModelEntry, registry: Registry | None = None):
+    """Load an entry; a LoRA/PEFT entry loads its base entry first."""
     from .loader import load_entry
 
-    return load_entry(entry)
+    base = load_model(registry.get(entry.base), registry) if entry.base else None
+    return load_entry(entry, base)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -204,7 +238,10 @@ def cmd_list(args) -> int:
 def cmd_prompt(args) -> int:
     from .loader import load_without_weights
 
-    loaded = load_without_weights(entry_for(args))
+    entry = entry_for(args)
+    if entry.base:  # a LoRA/PEFT entry prompts like its base
+        entry = registry_of(args).get(entry.base)
+    loaded = load_without_weights(entry)
     budget = args.max_new_tokens or loaded.defaults.max_new_tokens
     prompt = loaded.adapter.build_prompt(loaded.tokenizer, read_messages(args.messages), loaded.context_length,
                                          budget, loaded.extra_stop_ids)
@@ -222,7 +259,7 @@ def cmd_prompt(args) -> int:
 def cmd_generate(args) -> int:
     from .engine import stream_chat, stream_ids
 
-    loaded = load_model(entry_for(args))
+    loaded = load_for(args)
     params = params_of(args, loaded.defaults)
     if args.input_ids:
         try:
@@ -249,7 +286,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
     from .engine import CancelToken, stream_chat
 
-    loaded = load_model(entry_for(args))
+    loaded = load_for(args)
     params = params_of(args, loaded.defaults)
     history = [{"role": "system", "content": args.system}] if args.system else []
     print(f"Chatting with {loaded.id}. Ctrl-C stops a reply; /reset clears; /exit or Ctrl-D quits.")
@@ -287,6 +324,17 @@ def cmd_convert(args) -> int:
     out = convert_folder(folder, Path(args.out), detect_family(folder))
     print(f"wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}) loads it; "
           f"the hub serves it with the same chat format")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .quantize import format_report, memory_report, quantize, read_calibration
+
+    calibration = read_calibration(args.calibration) if args.calibration else None
+    dst = quantize(args.src, args.dst, args.method, args.bits, args.group_size, args.desc_act, calibration)
+    print(f"wrote {args.method} {args.bits}-bit checkpoint to {dst}")
+    if args.report_memory:
+        print(format_report(memory_report(args.src, dst)))
     return 0
 
 

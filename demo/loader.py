@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from adapters import ChatAdapter, detect_family, get_adapter
-from adapters.weights import Weights, resolve
+from adapters.quant import NONE_SPEC, QuantSpec, held_bits
+from adapters.weights import Weights, resolve, with_quantization
 
 from .limits import Gate
 from .params import GenerationParams, from_generation_config
@@ -29,6 +30,9 @@ class LoadedModel:
     context_length: int | None
     extra_stop_ids: list[int] = field(default_factory=list)
     load_seconds: float = 0.0
+    quant: QuantSpec = NONE_SPEC  # format on disk and in memory (adapters/quant.py)
+    bits: int | None = None  # bits per weight of the (quantized) linear layers in memory
+    base_id: str | None = None  # a LoRA/PEFT entry: the entry whose weights it shares
     # One generation at a time per model unless an engine batches them.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # The hub's limits and admission for this model (the manager sets them from the registry).
@@ -38,7 +42,13 @@ class LoadedModel:
 
     @property
     def memory_bytes(self) -> int:
-        return model_bytes(self.model)
+        own = getattr(self.model, "own_bytes", None)  # a LoRA view counts only its adapter's weights
+        return own() if own else model_bytes(self.model)
+
+    @property
+    def quant_format(self) -> str:
+        """none | gptq | awq | bnb-4bit | bnb-8bit | gguf: what the Models tab shows as the format."""
+        return self.quant.method
 
     @property
     def device(self):
@@ -105,23 +115,32 @@ def load_tokenizer_only(entry: ModelEntry):
     return adapter, adapter.load_tokenizer(weights), weights
 
 
-def load_entry(entry: ModelEntry) -> LoadedModel:
+def load_entry(entry: ModelEntry, base: LoadedModel | None = None) -> LoadedModel:
+    """Load an entry; a LoRA/PEFT entry (`base:` + `adapter:`) goes on top of its loaded `base`."""
+    if entry.base:
+        from .lora import attach_adapter
+
+        if base is None:
+            raise ValueError(f"{entry.id} is a LoRA/PEFT entry: load its base {entry.base!r} first")
+        return attach_adapter(entry, base)
     if entry.remote:
         from .remote import RemoteModel
 
         return RemoteModel.connect(entry)
     started = time.perf_counter()
-    weights = resolve(entry.source)
+    weights = with_quantization(resolve(entry.source), entry.quantization)
     adapter = adapter_for(entry, weights)
     device = pick_device(entry.device)
+    dtype = pick_dtype(entry.dtype, device, declared_dtype(weights))
     tokenizer = adapter.load_tokenizer(weights)
-    model = adapter.load_model(weights, pick_dtype(entry.dtype, device, declared_dtype(weights)), device)
+    model = adapter.load_model(weights, dtype, device)
     config = getattr(model, "generation_config", None)
     return LoadedModel(
         id=entry.id, model=model, tokenizer=tokenizer, adapter=adapter,
         defaults=merged_defaults(adapter, config, entry.generation),
         context_length=entry.context_length or folder_context(adapter, weights) or context_of(model),
-        extra_stop_ids=eos_ids(config), load_seconds=time.perf_counter() - started)
+        extra_stop_ids=eos_ids(config), load_seconds=time.perf_counter() - started,
+        quant=weights.quant, bits=held_bits(weights.quant, model.dtype))
 
 
 def merged_defaults(adapter: ChatAdapter, config, registry: GenerationDefaults) -> GenerationParams:

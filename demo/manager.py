@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from adapters.weights import availability
@@ -41,6 +42,9 @@ class ModelState:
     detail: str = ""  # the unavailability reason, the load error, or the load stage
     memory_bytes: int = 0
     since: float = 0.0  # when the current status began
+    quant_format: str = ""  # when loaded: none | gptq | awq | bnb-4bit | bnb-8bit | gguf
+    bits: int | None = None  # when loaded: bits per weight of its linear layers in memory
+    quant_label: str = ""  # when loaded: e.g. "GPTQ 4-bit (gptq_v2, desc_act)"
 
 
 class ModelManager:
@@ -76,8 +80,11 @@ class ModelManager:
     def _load(self, entry: ModelEntry, future: Future) -> None:
         log.info("loading %s", entry.id)
         try:
+            # A LoRA/PEFT entry goes on top of its base, loaded (or shared) through this manager first:
+            # outside the load lock, which the base's own load takes.
+            base = self.get(entry.base) if entry.base else None
             with _LOAD_LOCK:
-                loaded = self.loader(entry)
+                loaded = self.loader(entry, base) if base is not None else self.loader(entry)
         except Exception as e:  # any failure stays with this model
             message = f"{type(e).__name__}: {e}"
             log.warning("loading %s failed: %s", entry.id, message)
@@ -92,7 +99,7 @@ class ModelManager:
             self._loaded[entry.id] = loaded
             self._since[entry.id] = time.time()
             del self._loading[entry.id]
-            self._evict_over_budget(keep=entry.id)
+            self._evict_over_budget(keep={entry.id, entry.base})
         future.set_result(loaded)
 
     def _apply_limits(self, loaded: LoadedModel, entry: ModelEntry) -> None:
@@ -103,22 +110,29 @@ class ModelManager:
 
     def unload(self, model_id: str) -> bool:
         with self._lock:
-            loaded = self._loaded.pop(model_id, None)
-            self._since[model_id] = time.time()
-        if loaded is None:
+            removed = self._pop(model_id)
+        if not removed:
             return False
-        del loaded
+        removed.clear()
         free_memory()
         return True
 
-    def _evict_over_budget(self, keep: str) -> None:
+    def _pop(self, model_id: str) -> list[LoadedModel]:
+        """Remove a model and the LoRA/PEFT entries that share its weights (they would keep them alive)."""
+        loaded = self._loaded.pop(model_id, None)
+        self._since[model_id] = time.time()
+        if loaded is None:
+            return []
+        dependents = [mid for mid, m in self._loaded.items() if m.base_id == model_id]
+        return [loaded] + [m for mid in dependents for m in self._pop(mid)]
+
+    def _evict_over_budget(self, keep: set) -> None:
         evicted = []
         while self.used_bytes() > self.budget:
-            victim = next((mid for mid in self._loaded if mid != keep), None)
+            victim = next((mid for mid in self._loaded if mid not in keep), None)
             if victim is None:
                 break
-            evicted.append(self._loaded.pop(victim))
-            self._since[victim] = time.time()
+            evicted += self._pop(victim)
             log.info("evicted %s to stay under the memory budget", victim)
         if evicted:
             evicted.clear()
@@ -142,7 +156,9 @@ class ModelManager:
         with self._lock:
             since = self._since.get(model_id, 0.0)
             if model_id in self._loaded:
-                return ModelState(model_id, entry.name, READY, "", self._loaded[model_id].memory_bytes, since)
+                loaded = self._loaded[model_id]
+                return ModelState(model_id, entry.name, READY, "", loaded.memory_bytes, since,
+                                  loaded.quant_format, loaded.bits, loaded.quant.label)
             if model_id in self._loading:
                 return ModelState(model_id, entry.name, LOADING, f"loading for {time.time() - since:.0f} s",
                                   0, since)
@@ -151,7 +167,7 @@ class ModelManager:
             if error is not None:
                 return ModelState(model_id, entry.name, ERROR, error, 0, since)
             return ModelState(model_id, entry.name, *remote_availability(entry), 0, since)
-        ok, reason = availability(entry.source)
+        ok, reason = entry_availability(self.registry, entry)
         if error is not None and ok:  # weights that are simply absent stay "unavailable"
             return ModelState(model_id, entry.name, ERROR, error, 0, since)
         return ModelState(model_id, entry.name, NOT_LOADED if ok else UNAVAILABLE, reason, 0, since)
@@ -165,6 +181,16 @@ def remote_availability(entry: ModelEntry) -> tuple[str, str]:
     if entry.api_key_env and not os.environ.get(entry.api_key_env):
         return UNAVAILABLE, f"remote {entry.base_url}: environment variable {entry.api_key_env} is not set"
     return NOT_LOADED, f"remote: {entry.base_url}"
+
+
+def entry_availability(registry: Registry, entry: ModelEntry) -> tuple[bool, str]:
+    """Whether an entry's weights are here; a LoRA/PEFT entry needs its adapter folder and its base."""
+    if not entry.base:
+        return availability(entry.source)
+    if not (Path(entry.adapter).expanduser() / "adapter_config.json").is_file():
+        return False, f"adapter folder {entry.adapter} has no adapter_config.json"
+    ok, reason = entry_availability(registry, registry.get(entry.base))
+    return ok, "" if ok else f"base {entry.base}: {reason}"
 
 
 def free_memory() -> None:

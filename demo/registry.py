@@ -61,10 +61,27 @@ class GenerationDefaults(Strict):
     greedy: Optional[bool] = None
 
 
+class Quantization(Strict):
+    """Quantize a full-precision folder at load with bitsandbytes (GPTQ, AWQ and GGUF are read from the files)."""
+
+    method: Literal["bnb-4bit", "bnb-8bit"]
+    quant_type: Optional[Literal["nf4", "fp4"]] = Field(None, description="4-bit only; default nf4")
+    double_quant: Optional[bool] = Field(None, description="4-bit only: quantize the scales too")
+
+    @model_validator(mode="after")
+    def four_bit_options(self):
+        if self.method == "bnb-8bit" and (self.quant_type is not None or self.double_quant is not None):
+            raise ValueError("quant_type and double_quant apply to bnb-4bit only")
+        return self
+
+
 class ModelEntry(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str
-    source: Optional[Source] = None  # local weights; a remote entry has none
+    source: Optional[Source] = None  # local weights; a remote entry and a LoRA entry have none
+    base: Optional[str] = Field(None, description="a LoRA/PEFT entry: the id of the entry whose model it extends")
+    adapter: Optional[str] = Field(None, description="a LoRA/PEFT entry: the adapter folder")
+    quantization: Optional[Quantization] = None
     family: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -82,8 +99,9 @@ class ModelEntry(Strict):
     def backend_fields(self):
         remote_keys = [k for k in ("base_url", "api_key_env", "remote_model") if getattr(self, k)]
         if self.backend == "local":
-            if self.source is None:
-                raise ValueError("a local model needs `source` (or set `backend: openai` with `base_url`)")
+            if self.source is None and not (self.base or self.adapter):
+                raise ValueError("a local model needs `source` (or `base` + `adapter` for a LoRA/PEFT entry, "
+                                 "or `backend: openai` with `base_url`)")
             if remote_keys:
                 raise ValueError(f"{', '.join(remote_keys)} only apply to `backend: openai`")
             if (self.concurrency or 1) > 1:
@@ -107,6 +125,18 @@ class ModelEntry(Strict):
         if family != "auto" and family not in FAMILIES:
             raise ValueError(f"unknown family {family!r}; known: auto, {', '.join(sorted(FAMILIES))}")
         return family
+
+    @model_validator(mode="after")
+    def weights_or_adapter(self):
+        if self.base or self.adapter:
+            if not (self.base and self.adapter):
+                raise ValueError("a LoRA/PEFT entry needs both `base` (an entry id) and `adapter` (a folder)")
+            if self.source or self.quantization or self.remote:
+                raise ValueError("a LoRA/PEFT entry takes its weights and quantization from its local `base` "
+                                 "entry; remove `source`/`quantization`/`backend`")
+        if self.remote and self.quantization:
+            raise ValueError("`quantization` applies to local weights; a remote quantizes on its own side")
+        return self
 
 
 class Settings(Strict):
@@ -162,6 +192,20 @@ class Registry:
         self.entries[entry.id] = entry
         return entry
 
+    def quantized_variant(self, model_id: str, method: str) -> ModelEntry:
+        """The entry `<id>-<method>`: `model_id` quantized at load with bitsandbytes (what the UI offers).
+
+        Added on first use, so the full-precision model and its 4/8-bit variant can sit side by side.
+        """
+        entry = self.get(model_id)
+        if entry.base or entry.quantization:
+            raise RegistryError(f"{model_id!r} cannot be quantized at load: it is a LoRA entry or already is")
+        variant_id = f"{model_id}-{method}"
+        if variant_id not in self.entries:
+            self.add(entry.model_copy(update={"id": variant_id, "name": f"{entry.name} ({method})",
+                                              "quantization": Quantization(method=method)}))
+        return self.entries[variant_id]
+
     @property
     def default_id(self) -> str | None:
         return self.settings.default_model or next(iter(self.entries), None)
@@ -202,12 +246,28 @@ def parse_registry(text: str, path: Path | str = "<registry>") -> Registry:
             raise RegistryError(f"{path}:{line}: models[{index}].id: duplicate id {entry.id!r} "
                                 f"(first defined on line {seen[entry.id]})")
         seen[entry.id] = node_line(root, ("models", index, "id"))
+    check_bases(parsed.models, root, path)
     registry = Registry(parsed.models, parsed.settings, Path(path), parsed.limits)
     if parsed.settings.default_model and parsed.settings.default_model not in registry:
         line = node_line(root, ("settings", "default_model"))
         raise RegistryError(f"{path}:{line}: settings.default_model: no model has id "
                             f"{parsed.settings.default_model!r}")
     return registry
+
+
+def check_bases(entries: list[ModelEntry], root, path) -> None:
+    """Every `base:` names a full model entry of this registry (not another adapter entry)."""
+    by_id = {e.id: e for e in entries}
+    for index, entry in enumerate(entries):
+        if entry.base is None:
+            continue
+        base = by_id.get(entry.base)
+        reason = ("no model has this id" if base is None else
+                  "it is itself a LoRA/PEFT entry; point at the full model" if base.base else
+                  "it is a remote model; an adapter needs local weights" if base.remote else None)
+        if reason:
+            line = node_line(root, ("models", index, "base"))
+            raise RegistryError(f"{path}:{line}: models[{index}].base: {entry.base!r}: {reason}")
 
 
 def describe(error: ValidationError, root, path) -> str:
