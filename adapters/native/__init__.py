@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..base import AdapterError
 from ..files import read_json
+from ..quant import NONE_SPEC, QuantSpec, model_kwargs, native_quantization_config, place
 from . import baichuan2, chatglm3, qwen1
 from .shards import shards, weight_files
 
@@ -62,9 +63,9 @@ def convert_folder(folder: Path, out: Path, family: str | None = None, replace: 
     folder, out = Path(folder), Path(out)
     module = converter_for(folder)
     config = read_json(folder / "config.json")
-    if config.get("quantization_config"):
-        # Packed 4-bit tensors split along other dimensions; the quantized loader maps them (it reuses
-        # qwen1.native_config / native_name / fused_qkv_names). Splitting them here would be garbage.
+    if config.get("quantization_config") and not getattr(module, "converts_packed", lambda c: False)(config):
+        # Packed tensors split along other dimensions than plain weights: only a converter that knows how
+        # (qwen1 for GPTQ, through quant.split_fused) takes them. Splitting them as weights would be garbage.
         raise AdapterError(f"{folder / 'config.json'}: a quantized checkpoint "
                            f"({config['quantization_config'].get('quant_method', '?')}); this conversion is "
                            "for full-precision weights")
@@ -103,7 +104,7 @@ def write_weights(folder: Path, out: Path, module, config: dict):
         weight_map.update(dict.fromkeys(converted, shard))
     if len(files) > 1:
         (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return next(iter(converted.values())).dtype if converted else None
+    return next((t.dtype for t in converted.values() if t.is_floating_point()), None)  # not a packed int32
 
 
 def write_config(out: Path, module, config: dict, family: str | None, stored=None) -> None:
@@ -112,6 +113,9 @@ def write_config(out: Path, module, config: dict, family: str | None, stored=Non
     native = AutoConfig.for_model(module.MODEL_TYPE, **module.native_config(config))
     native.dtype = native.dtype or stored
     native.architectures = [module.ARCHITECTURE]
+    quantization = native_quantization_config(config)
+    if quantization:  # GPTQ tensors were converted packed: transformers + gptqmodel load them as they are
+        native.quantization_config = quantization
     if family:
         native.hub_family = family  # read by family detection: a converted folder keeps its chat format
     if getattr(module, "uses_alibi", lambda c: False)(config):
@@ -129,21 +133,21 @@ def copy_without_remote_code(source: Path, target: Path) -> None:
     target.write_text(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def load_native(folder: Path, dtype, device: str, family: str | None = None):
+def load_native(folder: Path, dtype, device: str, family: str | None = None, quant: QuantSpec = NONE_SPEC):
     """Load an upstream folder through its cached native conversion (or a folder already converted)."""
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
     target = native_folder(folder, family) if read_json(folder / "config.json").get("model_type") in CONVERTERS else folder
-    kwargs = {}
+    kwargs = model_kwargs(quant, dtype, device)  # dtype, and for quantized folders device_map
     if read_json(target / "config.json").get("hub_attention") == "alibi_sdpa":
         from . import alibi
 
         kwargs["attn_implementation"] = alibi.ATTENTION
-    model, info = AutoModelForCausalLM.from_pretrained(target, dtype=dtype, output_loading_info=True, **kwargs)
+    model, info = AutoModelForCausalLM.from_pretrained(target, output_loading_info=True, **kwargs)
     if info.get("missing_keys"):
         raise AdapterError(f"{folder}: the weights lack {sorted(info['missing_keys'])[:5]} (incomplete checkpoint?)")
-    return model.to(device).eval()
+    return place(model, quant, device)
 
 
 class NativeLoading:
@@ -152,4 +156,4 @@ class NativeLoading:
     def load_model(self, weights, dtype, device: str):
         from ..files import local_folder
 
-        return load_native(local_folder(weights), dtype, device, self.family)
+        return load_native(local_folder(weights), dtype, device, self.family, weights.quant)

@@ -9,6 +9,8 @@ import re
 
 import torch
 
+from ..quant import drop_zero_bias, split_fused
+
 MODEL_TYPE = "qwen2"
 ARCHITECTURE = "Qwen2ForCausalLM"
 
@@ -60,11 +62,19 @@ def native_name(name: str) -> str | None:
     return None
 
 
+def converts_packed(config: dict) -> bool:
+    """Qwen-*-Chat-Int4 (AutoGPTQ) folders convert on their packed tensors."""
+    return str(config["quantization_config"].get("quant_method")).lower() == "gptq"
+
+
 def convert_tensor(name: str, tensor: torch.Tensor, config: dict) -> list[tuple[str, torch.Tensor]]:
+    part = name.rsplit(".", 1)[-1]
     fused = fused_qkv_names(name)
-    if fused:
-        return list(zip(fused, tensor.chunk(3, dim=0)))  # rows [q | k | v], equal thirds
+    if fused:  # [q | k | v] in equal thirds: rows of a weight, columns of GPTQ-packed tensors (quant.py)
+        return list(zip(fused, split_fused(part, tensor)))
     native = native_name(name)
     if native is None:
         raise KeyError(name)
+    if config.get("quantization_config") and drop_zero_bias(part, tensor, name):
+        return []  # Qwen *-Int4 folders carry all-zero biases the model does not have
     return [(native, tensor)]
