@@ -11,32 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters import FAMILIES
-from adapters.quant import detect, load_qwen1_gptq
 from demo.engine import stream_ids
-from demo.loader import LoadedModel, folder_entry, load_entry
-from demo.params import GenerationParams
+from demo.loader import folder_entry, load_entry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "quantized"
-
-
-FAMILY = {"yi-awq": "yi", "qwen1-gptq": "qwen1"}
-
-
-def has_family(name: str) -> bool:
-    return FAMILY[name] in FAMILIES
 
 
 @pytest.fixture(scope="module", params=["yi-awq", "qwen1-gptq"])
 def case_set(request, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("HUB_CACHE", str(tmp_path_factory.mktemp("hub-cache")))  # native conversions
     folder = FIXTURES / request.param
-    if request.param == "qwen1-gptq" and not has_family(request.param):
-        # Without the Qwen1 family (tokenizer, native port) only the model loads: the stand-alone conversion.
-        loaded = LoadedModel("qwen1-gptq", load_qwen1_gptq(folder, torch.bfloat16, "cpu"), None, None,
-                             GenerationParams(), 512, quant=detect(folder, None), bits=4)
-    else:
-        loaded = load_entry(folder_entry(str(folder)))
+    loaded = load_entry(folder_entry(str(folder)))
     return request.param, loaded, json.loads((folder / "reference.json").read_text())
 
 
@@ -61,16 +46,13 @@ def test_format_family_and_kernels(case_set):
     expected = {"yi-awq": ("awq", "yi", "TorchAtenAwqLinear"), "qwen1-gptq": ("gptq", "qwen1", "TorchAtenLinear")}
     method, family, kernel = expected[name]
     assert (loaded.quant_format, loaded.bits) == (method, 4)
-    if has_family(name):
-        assert loaded.adapter.family == family
+    assert loaded.adapter.family == family
     assert kernel in {type(m).__name__ for m in loaded.model.modules()}
     assert loaded.model.dtype == torch.bfloat16  # dtype auto on CPU
 
 
 def test_prompt_ids_are_exact(case_set):
     name, loaded, reference = case_set
-    if not has_family(name):
-        pytest.skip(f"needs the {FAMILY[name]} family adapter (issue 3): its tokenizer builds upstream's ids")
     for case in reference["cases"]:
         prompt = loaded.adapter.build_prompt(loaded.tokenizer, messages_of(case), loaded.context_length)
         assert prompt.input_ids == case["input_ids"], case["id"]

@@ -124,6 +124,7 @@ def test_missing_gguf_is_unavailable_and_loading_it_fails_clearly_while_the_defa
     assert footer.startswith(f"⚠️ {GONE}: WeightsMissing: {MISSING_GGUF}")
     assert status.startswith("⚠️")
     assert states(client)[GONE][3] == "unavailable"  # a failed load of absent weights stays "unavailable"
+    assert states(client)[DEFAULT][6].startswith("GGUF (Q4_1 file")  # the Models tab shows the format
 
     send(client, "What is the capital of France?")
     view, _ = reply(client, DEFAULT, 16)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..hub import Hub
 from ..manager import ModelLoadError
 
-COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail"]
+COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format"]
 
 
 def table(hub: Hub) -> list[list]:
@@ -12,7 +12,8 @@ def table(hub: Hub) -> list[list]:
     for state in hub.manager.states():
         entry = hub.registry.get(state.id)
         memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes else ""
-        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail])
+        weights = state.quant_label + (f" · {state.bits}-bit in memory" if state.bits else "")
+        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights])
     return rows
 
 
