@@ -1,12 +1,15 @@
 """The streaming engine: one path for every caller (UI, CLI, API, tests).
 
-`model.generate` runs on a worker thread and hands token ids to a TextIteratorStreamer (whose queue
-timeout guards against a dead worker); this thread decodes them, holds back partial characters and
-partial stop strings, and yields a `Chunk` per step. A per-request `CancelToken` is read by a
-StoppingCriteria, so Stop really ends the worker thread.
+A producer hands token ids to a TextIteratorStreamer queue (whose timeout guards against a dead
+producer); this thread decodes them, holds back partial characters and partial stop strings, and yields a
+`Chunk` per step. The producer is the model's batched decode loop (demo/batching.py: every request of a
+model shares one forward pass per step) where the model allows it, else `model.generate` on a worker
+thread, one generation at a time per model. A per-request `CancelToken` ends either producer: the loop
+reads it every step, and for `generate` a StoppingCriteria reads it.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -19,11 +22,15 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from adapters.base import AdapterError, ContextTooLong
 
 from .limits import CONTEXT_TOO_LONG, INVALID, TIMEOUT, LimitError, capped, check_messages
+from .batching import BatchedDecoder, can_batch
 from .loader import LoadedModel
 from .params import GenerationParams
 from .textstream import IncrementalDecoder, StopStringFilter
 
 POLL_S = 0.25  # how often a waiting consumer checks on the worker thread
+# The batched decode loop is on by default; HUB_BATCHED_DECODE=0 falls back to generate() everywhere.
+BATCHED_DECODE = os.environ.get("HUB_BATCHED_DECODE", "1") != "0"
+_batcher_lock = threading.Lock()
 
 
 class CancelToken:
@@ -156,6 +163,11 @@ def _stream_locked(loaded, input_ids, params, cancel, stop_ids, stop_strings, st
         loaded.tokenizer, loaded.extra_stop_ids))
     stats = Stats(prompt_tokens=len(input_ids))
     queued = time.perf_counter()
+    batcher = batcher_for(loaded)
+    if batcher is not None:  # no lock: the loop serves every request of this model together
+        run = _Run(loaded, list(input_ids), params, cancel, stop_ids, stop_strings, stats, batcher)
+        yield from run.stream(stall_timeout_s, timeout_s)
+        return
     if not _acquire(loaded.lock, cancel):
         yield Chunk("", "", stats, "cancelled", prompt_ids=list(input_ids))
         return
@@ -176,6 +188,16 @@ def complete(loaded: LoadedModel, messages: Sequence[dict], params: GenerationPa
     return last
 
 
+def batcher_for(loaded: LoadedModel) -> BatchedDecoder | None:
+    """The model's batched decode loop, created on first use; None where generate() must serve."""
+    if not BATCHED_DECODE or loaded.model is None:
+        return None
+    with _batcher_lock:
+        if loaded.batcher is None:
+            loaded.batcher = BatchedDecoder(loaded.model) if can_batch(loaded.model) else False
+    return loaded.batcher or None
+
+
 def _acquire(lock: threading.Lock, cancel: CancelToken) -> bool:
     while not lock.acquire(timeout=POLL_S):
         if cancel.cancelled:
@@ -189,8 +211,9 @@ def _acquire(lock: threading.Lock, cancel: CancelToken) -> bool:
 class _Run:
     """One generation: the worker thread and the consumer loop that turns ids into chunks."""
 
-    def __init__(self, loaded, input_ids, params, cancel, stop_ids, stop_strings, stats):
-        self.loaded, self.input_ids, self.params = loaded, input_ids, params
+    def __init__(self, loaded, input_ids, params, cancel, stop_ids, stop_strings, stats, batcher=None):
+        self.loaded, self.input_ids, self.params, self.batcher = loaded, input_ids, params, batcher
+        self.queued = time.perf_counter()
         self.cancel, self.halt = cancel, CancelToken()  # halt: the engine's own stop (stop string, timeout)
         self.stop_ids, self.stats = set(stop_ids), stats
         self.decoder = IncrementalDecoder(loaded.tokenizer)
@@ -221,10 +244,38 @@ class _Run:
         return GenerationConfig(**self.params.generate_kwargs(), eos_token_id=eos,
                                 pad_token_id=pad if pad is not None else (eos or [0])[0])
 
+    # -- the batched producer's side (called on the decode loop's thread) ---------------------
+    def stopped(self) -> bool:
+        return self.cancel.cancelled or self.halt.cancelled
+
+    def admitted(self) -> None:
+        self.started = time.perf_counter()
+        self.stats.queue_s = self.started - self.queued
+
+    def deliver(self, ids: list[int]) -> None:
+        self.streamer.text_queue.put(ids)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.ticket.done.is_set():
+            return
+        if error is not None:
+            self.failure = error
+        self.streamer.end()
+        self.ticket.done.set()
+
+    # -- the consumer -------------------------------------------------------------------------
+    def _start_producer(self):
+        if self.batcher is None:
+            worker = threading.Thread(target=self._generate, name=f"generate-{self.loaded.id}", daemon=True)
+            worker.start()
+            return worker
+        self.ticket = _Ticket()
+        self.batcher.submit(self)
+        return self.ticket
+
     def stream(self, stall_timeout_s: float, timeout_s: float | None) -> Iterator[Chunk]:
-        worker = threading.Thread(target=self._generate, name=f"generate-{self.loaded.id}", daemon=True)
         self.started = last_token = time.perf_counter()
-        worker.start()
+        worker = self._start_producer()
         try:
             finish = None
             while finish is None:
@@ -256,6 +307,7 @@ class _Run:
 
     _tail = ""
     code: str | None = None
+    ticket = None
 
     def _accept(self, ids: list[int], now: float) -> str:
         if self.stats.ttft_s is None:
@@ -321,3 +373,17 @@ class _Run:
             self.stats.elapsed_s = time.perf_counter() - self.started
         return Chunk(self.text, delta, replace(self.stats), finish, error, list(self.output_ids),
                      self.input_ids if finish else [], self.code if finish == "error" else None)
+                     self.input_ids if finish else [])
+
+
+class _Ticket:
+    """A request in the batched loop, seen by the consumer like a worker thread: alive until finished."""
+
+    def __init__(self):
+        self.done = threading.Event()
+
+    def is_alive(self) -> bool:
+        return not self.done.is_set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.done.wait(timeout)

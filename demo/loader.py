@@ -39,6 +39,8 @@ class LoadedModel:
     limits: Limits = field(default_factory=Limits, repr=False)
     gate: Gate = field(default_factory=Gate, repr=False)
     remote = False  # a RemoteModel (demo/remote.py) streams from an OpenAI-compatible server instead
+    # The batched decode loop (demo/batching.py); None: not decided yet, False: generate() serves.
+    batcher: object = field(default=None, repr=False)
 
     @property
     def memory_bytes(self) -> int:

@@ -1,0 +1,245 @@
+"""Continuous batching: one decode loop per model that serves every request of that model at once.
+
+A request is prefilled alone (so its first token is exactly what `generate` computes), then its KV cache
+joins the batch, left-padded to the batch's length. Every step feeds one token per active request through
+a single forward pass: on a memory-bound CPU (and on a GPU) a batch of 4 costs little more than a batch of
+1. Requests join and leave between steps; a finished row is cut out of the cache, and columns that are
+padding in every remaining row are trimmed, so a request that ends up alone runs unpadded again.
+
+Each request keeps its own sampling (temperature, top_p, top_k, repetition penalty, seed), stop ids and
+cancel. The loop also replaces `generate()` for a single stream: it skips generate's per-step bookkeeping.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 8
+IDLE_EXIT_S = 2.0  # the loop's thread ends after this long without work; the next request restarts it
+
+
+def can_batch(model) -> bool:
+    """Whether `model` is a decoder whose every cache layer is a plain, growing key/value pair."""
+    try:
+        from transformers import DynamicCache, PreTrainedModel
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return False
+    if not isinstance(model, PreTrainedModel) or getattr(model.config, "is_encoder_decoder", False):
+        return False
+    if "past_key_values" not in model.forward.__code__.co_varnames:
+        return False
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # a cache this loop does not know how to pad and cut
+        return False
+    # Sliding-window, linear-attention or recurrent layers would need their own padding rules.
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+@dataclass
+class _Slot:
+    request: object  # a _Run of the engine: input_ids, params, stop_ids, stopped(), deliver(), finish()
+    history: torch.Tensor  # prompt + generated ids, [1, n], for the repetition penalty
+    processors: list
+    generator: torch.Generator | None
+    position: int = 0  # position id of the next token fed to the model
+    next_token: int = 0
+    generated: int = 0
+    done: bool = False
+
+
+class BatchedDecoder:
+    """The decode loop of one model; `submit` is thread-safe, everything else runs on the loop's thread."""
+
+    def __init__(self, model, max_batch: int = MAX_BATCH):
+        self.model, self.max_batch = model, max_batch
+        self.pending: queue.Queue = queue.Queue()
+        self.active: list[_Slot] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # [batch, cache length]: 1 real token, 0 left padding
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, request) -> None:
+        self.pending.put(request)
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="batched-decode", daemon=True)
+                self._thread.start()
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            if not self._admit():
+                with self._start_lock:  # no work for a while: end, unless a request just arrived
+                    if self.pending.empty():
+                        self._thread = None
+                        return
+                continue
+            if self.active:
+                try:
+                    self._step()
+                except Exception as e:  # ends every reply in this batch with an error, not the loop
+                    log.exception("batched decode step failed")
+                    self._fail_all(e)
+
+    def _admit(self) -> bool:
+        """Prefill waiting requests into free rows; False when idle for IDLE_EXIT_S."""
+        waited = False
+        while len(self.active) < self.max_batch:
+            try:
+                block = not self.active and not waited
+                request = self.pending.get(timeout=IDLE_EXIT_S) if block else self.pending.get_nowait()
+            except queue.Empty:
+                return bool(self.active)
+            waited = True
+            if request.stopped():
+                request.finish()
+                continue
+            try:
+                self._prefill(request)
+            except Exception as e:
+                log.exception("prefill failed")
+                request.finish(e)
+        return True
+
+    @torch.inference_mode()
+    def _prefill(self, request) -> None:
+        from transformers import DynamicCache
+
+        request.admitted()
+        ids = torch.tensor([request.input_ids], device=self._device())
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        slot = _Slot(request, ids, *sampling_of(request.params, self._device()), position=ids.shape[1])
+        self._merge(cache, ids.shape[1])
+        self.active.append(slot)
+        self._take(slot, out.logits[:, -1, :])
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        self._drop_finished()
+        if not self.active:
+            return
+        device = self._device()
+        tokens = torch.tensor([[s.next_token] for s in self.active], device=device)
+        positions = torch.tensor([[s.position] for s in self.active], device=device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.active), 1)], dim=1)
+        out = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions,
+                         past_key_values=self.cache, use_cache=True)
+        logits = out.logits[:, -1, :]
+        for row, slot in enumerate(self.active):
+            slot.position += 1
+            self._take(slot, logits[row:row + 1])
+
+    def _take(self, slot: _Slot, logits: torch.Tensor) -> None:
+        """Pick the next token of one row from its logits, hand it over, and decide whether the row ends."""
+        scores = logits.to(dtype=torch.float32)
+        for processor in slot.processors:
+            scores = processor(slot.history, scores)
+        if not slot.processors.sample:
+            token = int(scores.argmax(dim=-1))
+        else:
+            probs = torch.softmax(scores, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=slot.generator))
+        slot.history = torch.cat([slot.history, slot.history.new_tensor([[token]])], dim=1)
+        slot.next_token, slot.generated = token, slot.generated + 1
+        slot.request.deliver([token])
+        request = slot.request
+        if token in request.stop_ids or slot.generated >= request.params.max_new_tokens or request.stopped():
+            slot.done = True
+
+    # -- the shared cache ---------------------------------------------------------------------
+    def _merge(self, cache, length: int) -> None:
+        """Append one prefilled request's cache as a new row, left-padding the shorter side."""
+        mask = torch.ones(1, length, dtype=torch.long, device=self._device())
+        if self.cache is None or not self.active:
+            self.cache, self.mask = cache, mask
+            return
+        width = self.mask.shape[1]
+        for mine, theirs in zip(self.cache.layers, cache.layers):
+            mine.keys = torch.cat(_pad_left([mine.keys, theirs.keys], -2), dim=0)
+            mine.values = torch.cat(_pad_left([mine.values, theirs.values], -2), dim=0)
+        self.mask = torch.cat(_pad_left([self.mask, mask], -1), dim=0)
+        assert self.mask.shape[1] == max(width, length)
+
+    def _drop_finished(self) -> None:
+        finished = [s for s in self.active if s.done or s.request.stopped()]
+        if not finished:
+            return
+        for slot in finished:
+            slot.request.finish()
+        keep = [i for i, s in enumerate(self.active) if not (s.done or s.request.stopped())]
+        self.active = [self.active[i] for i in keep]
+        if not keep:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(keep, device=self._device())
+        self.mask = self.mask.index_select(0, index)
+        start = int((self.mask.sum(dim=0) > 0).nonzero()[0])  # columns of padding in every row go
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+
+    def _fail_all(self, error: Exception) -> None:
+        for slot in self.active:
+            slot.request.finish(error)
+        self.active, self.cache, self.mask = [], None, None
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+
+def _pad_left(tensors: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
+    """Zero-pad each tensor at the start of `dim` to the longest length."""
+    longest = max(t.shape[dim] for t in tensors)
+    padded = []
+    for t in tensors:
+        missing = longest - t.shape[dim]
+        if missing:
+            shape = list(t.shape)
+            shape[dim] = missing
+            t = torch.cat([t.new_zeros(shape), t], dim=dim)
+        padded.append(t)
+    return padded
+
+
+def sampling_of(params, device) -> tuple[list, torch.Generator | None]:
+    """The logits processors of `generate` for these params, and a per-request seeded generator."""
+    from transformers import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
+
+    kwargs = params.generate_kwargs()
+    processors = []
+    if kwargs.get("repetition_penalty") not in (None, 1.0):
+        processors.append(RepetitionPenaltyLogitsProcessor(kwargs["repetition_penalty"]))
+    if not kwargs["do_sample"]:
+        return _Processors(processors, sample=False), None
+    if kwargs.get("temperature") not in (None, 1.0):
+        processors.append(TemperatureLogitsWarper(kwargs["temperature"]))
+    if kwargs.get("top_k"):
+        processors.append(TopKLogitsWarper(kwargs["top_k"]))
+    if kwargs.get("top_p") is not None and kwargs["top_p"] < 1.0:
+        processors.append(TopPLogitsWarper(kwargs["top_p"]))
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+    return _Processors(processors, sample=True), generator
+
+
+class _Processors(list):
+    """A list of logits processors that also knows whether the row samples or takes the argmax."""
+
+    def __init__(self, items, sample: bool):
+        super().__init__(items)
+        self.sample = sample
