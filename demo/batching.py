@@ -11,6 +11,7 @@ cancel. The loop also replaces `generate()` for a single stream: it skips genera
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -23,10 +24,14 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 8
 IDLE_EXIT_S = 2.0  # the loop's thread ends after this long without work; the next request restarts it
+_CLOSE = object()  # put in the queue by close(): end the thread once the batch is empty
+
+
+ROWWISE = "hub_rowwise_sdpa"  # the attention implementation a batched model runs with
 
 
 def can_batch(model) -> bool:
-    """Whether `model` is a decoder whose every cache layer is a plain, growing key/value pair."""
+    """Whether `model` is an SDPA decoder whose every cache layer is a plain, growing key/value pair."""
     try:
         from transformers import DynamicCache, PreTrainedModel
         from transformers.cache_utils import DynamicLayer
@@ -34,7 +39,12 @@ def can_batch(model) -> bool:
         return False
     if not isinstance(model, PreTrainedModel) or getattr(model.config, "is_encoder_decoder", False):
         return False
-    if "past_key_values" not in model.forward.__code__.co_varnames:
+    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", ROWWISE):
+        return False
+    try:
+        if "past_key_values" not in inspect.signature(model.forward).parameters:
+            return False
+    except (TypeError, ValueError):
         return False
     try:
         cache = DynamicCache(config=model.config)
@@ -42,6 +52,81 @@ def can_batch(model) -> bool:
         return False
     # Sliding-window, linear-attention or recurrent layers would need their own padding rules.
     return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def rowwise_attention(model) -> None:
+    """Switch `model` to SDPA run row by row over each row's own, unpadded keys, when the loop asks for it.
+
+    Padding changes SDPA's summation order, so a padded row's logits would drift from what `generate`
+    computes for it alone and greedy outputs could differ. Without `row_lengths` (prefill, generate()) the
+    function is plain SDPA, so nothing else changes.
+    """
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def attention(module, query, key, value, attention_mask, *args, row_lengths=None, **kwargs):
+        if row_lengths is None:
+            return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+        width = key.shape[2]
+        rows = [sdpa_attention_forward(module, query[b:b + 1], key[b:b + 1, :, width - n:],
+                                       value[b:b + 1, :, width - n:], None, *args, **kwargs)[0]
+                for b, n in enumerate(row_lengths)]
+        return torch.cat(rows, dim=0), None
+
+    AttentionInterface.register(ROWWISE, attention)
+    AttentionMaskInterface.register(ROWWISE, sdpa_mask)
+    if model.config._attn_implementation != ROWWISE:
+        model.set_attn_implementation(ROWWISE)
+
+
+def row_consistent_linears(model, max_batch: int) -> dict:
+    """Make every Linear give each row of a batch exactly what it gives that row alone.
+
+    BLAS kernels pick their blocking by the number of rows, so a batch of 3+ rows can round differently
+    from 1 row (here: bf16 down_proj, 1536 inputs). Each distinct Linear shape is probed once; where a
+    batch disagrees, the layer runs in chunks of the largest row count that agrees (prefill and a
+    single stream never split). Returns {(in, out): chunk} for the layers that were split.
+    """
+    groups: dict = {}
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and not hasattr(module, "_hub_rows"):
+            groups.setdefault((module.in_features, module.out_features, module.weight.dtype), []).append(module)
+    split = {}
+    for (n_in, n_out, _), modules in groups.items():
+        chunk = _agreeing_rows(modules[0], max_batch)
+        for module in modules:
+            module._hub_rows = chunk
+            if chunk < max_batch:
+                module.forward = _in_chunks(module.forward, chunk)
+        if chunk < max_batch:
+            split[(n_in, n_out)] = chunk
+    return split
+
+
+@torch.inference_mode()
+def _agreeing_rows(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> int:
+    """The largest row count whose every chunk matches row-by-row results, on heavy-tailed inputs
+    (a wide range of magnitudes makes any change in summation order show up in the rounding)."""
+    weight = linear.weight
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    for rows in range(2, max_batch + 1):
+        for _ in range(trials):
+            shape = (rows, 1, linear.in_features)
+            x = torch.randn(shape, generator=generator) * torch.exp(3 * torch.randn(shape, generator=generator))
+            x = x.to(weight.device, weight.dtype)
+            alone = torch.cat([linear(x[i:i + 1]) for i in range(rows)])
+            if not torch.equal(linear(x), alone):
+                return rows - 1
+    return max_batch
+
+
+def _in_chunks(forward, rows: int):
+    def run(x, *args, **kwargs):
+        if x.dim() < 3 or x.shape[0] <= rows:
+            return forward(x, *args, **kwargs)
+        return torch.cat([forward(part, *args, **kwargs) for part in x.split(rows)])
+    return run
 
 
 @dataclass
@@ -61,6 +146,8 @@ class BatchedDecoder:
 
     def __init__(self, model, max_batch: int = MAX_BATCH):
         self.model, self.max_batch = model, max_batch
+        rowwise_attention(model)
+        self.split_linears = row_consistent_linears(model, max_batch)
         self.pending: queue.Queue = queue.Queue()
         self.active: list[_Slot] = []
         self.cache = None
@@ -74,6 +161,13 @@ class BatchedDecoder:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="batched-decode", daemon=True)
                 self._thread.start()
+
+    def close(self, wait_s: float = 0.0) -> None:
+        """Let the loop's thread end as soon as its batch is empty, so an unloaded model can be freed."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self.pending.put(_CLOSE)
+            thread.join(wait_s)
 
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -101,6 +195,10 @@ class BatchedDecoder:
             except queue.Empty:
                 return bool(self.active)
             waited = True
+            if request is _CLOSE:
+                if self.active:
+                    continue
+                return False
             if request.stopped():
                 request.finish()
                 continue
@@ -134,8 +232,9 @@ class BatchedDecoder:
         tokens = torch.tensor([[s.next_token] for s in self.active], device=device)
         positions = torch.tensor([[s.position] for s in self.active], device=device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.active), 1)], dim=1)
-        out = self.model(input_ids=tokens, attention_mask=self.mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+        # No attention mask: each row attends over its own real keys only (see rowwise_attention).
+        out = self.model(input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True,
+                         row_lengths=[s.position + 1 for s in self.active])
         logits = out.logits[:, -1, :]
         for row, slot in enumerate(self.active):
             slot.position += 1

@@ -1,4 +1,4 @@
-"""`python -m demo ...`: serve, list, chat, prompt, generate, leaderboard."""
+"""`python -m demo ...`: serve, list, chat, prompt, generate, leaderboard, bench."""
 from __future__ import annotations
 
 import argparse
@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--report-memory", action="store_true",
                        help="then load both and print full-precision vs quantized memory")
     quant.set_defaults(run=cmd_quantize)
+
+    bench = sub.add_parser("bench", help="measure the hub against bare transformers; write JSON, table, plot")
+    bench.add_argument("model", nargs="?", help="a registry id or a local folder (default: the registry's default)")
+    bench.add_argument("--family", choices=sorted(["auto", *FAMILIES]), default=None)
+    bench.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in tokens (about)")
+    bench.add_argument("--new-tokens", type=int, default=128, help="tokens to generate per request")
+    bench.add_argument("--clients", default="1,2,4,8", help="concurrent client counts, comma separated")
+    bench.add_argument("--repeats", type=int, default=3, help="single-stream repeats (medians are reported)")
+    bench.add_argument("--rounds", type=int, default=1, help="requests per client in the concurrency runs")
+    bench.add_argument("--out", default="bench-results", help="output folder")
+    bench.add_argument("--no-server", action="store_true", help="skip the hub server (2) and (5)")
+    bench.add_argument("--no-transformers-serve", action="store_true", help="skip the transformers serve baseline")
+    bench.set_defaults(run=cmd_bench)
     return parser
 
 
@@ -403,3 +416,28 @@ def print_board(board, path) -> None:
     print(" " * (width + 2) + "  ".join(f"{m[:8]:>8}" for m in board.models))
     for model, line in zip(board.models, board.matrix):
         print(f"{model:<{width}}  " + "  ".join(f"{'–' if x is None else f'{x:.0%}':>8}" for x in line))
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchConfig, run_bench
+    from .bench_report import markdown, write
+
+    if args.model is None:
+        registry = registry_of(args)
+        if not registry.default_id:
+            raise CliError("the registry has no models; name one to bench")
+        args.model = registry.default_id
+    try:
+        clients = tuple(sorted({int(c) for c in args.clients.split(",") if c.strip()}))
+    except ValueError:
+        raise CliError("--clients takes comma-separated integers, e.g. 1,2,4,8") from None
+    if not clients or min(clients) < 1 or args.new_tokens < 1 or args.prompt_tokens < 1 or args.repeats < 1:
+        raise CliError("--clients, --new-tokens, --prompt-tokens and --repeats must be positive")
+    config = BenchConfig(entry=entry_for(args), prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                         clients=clients, out=Path(args.out), repeats=args.repeats, rounds=args.rounds,
+                         hub_server=not args.no_server, transformers_serve=not (args.no_server or args.no_transformers_serve))
+    report = run_bench(config, log=lambda text: print(text, file=sys.stderr, flush=True))
+    paths = write(report, config.out)
+    print(markdown(report))
+    print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}", file=sys.stderr)
+    return 0

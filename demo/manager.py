@@ -113,6 +113,8 @@ class ModelManager:
             removed = self._pop(model_id)
         if not removed:
             return False
+        for loaded in removed:
+            release(loaded)
         removed.clear()
         free_memory()
         return True
@@ -133,6 +135,8 @@ class ModelManager:
             if victim is None:
                 break
             evicted += self._pop(victim)
+            for loaded in evicted:
+                release(loaded)
             log.info("evicted %s to stay under the memory budget", victim)
         if evicted:
             evicted.clear()
@@ -191,6 +195,13 @@ def entry_availability(registry: Registry, entry: ModelEntry) -> tuple[bool, str
         return False, f"adapter folder {entry.adapter} has no adapter_config.json"
     ok, reason = entry_availability(registry, registry.get(entry.base))
     return ok, "" if ok else f"base {entry.base}: {reason}"
+
+
+def release(loaded: LoadedModel) -> None:
+    """Stop the model's batched decode loop once idle; its thread would otherwise keep the weights alive."""
+    close = getattr(loaded.batcher, "close", None)
+    if close is not None:
+        close(wait_s=0.5)
 
 
 def free_memory() -> None:

@@ -1,0 +1,338 @@
+"""`python -m demo bench`: what the hub's layers cost against bare transformers, on one model, in one run.
+
+Every figure is a ratio against a baseline measured in the same process (or on the same machine at the
+same time) on the same model: (1) engine streaming vs bare `model.generate`; (2) the hub over HTTP with
+`gradio_client` vs the engine alone; (3) time to first token, hub minus a bare prefill; (4) model switch,
+cached and cold, vs a bare `from_pretrained`; (5) 1..N concurrent clients vs `transformers serve` with and
+without continuous batching; (6) memory of the loaded model vs its weight bytes.
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import bench_servers as servers
+from .engine import stream_chat
+from .loader import LoadedModel
+from .manager import ModelManager
+from .registry import ModelEntry, Registry, Settings
+
+FILLER = ("The lighthouse keeper wrote down the weather every morning: wind, clouds, the colour of the sea, "
+          "and the ships that passed. ")
+TASK = "Now write a long, detailed story about the lighthouse keeper's most surprising day."
+
+
+@dataclass
+class BenchConfig:
+    entry: ModelEntry
+    prompt_tokens: int = 64
+    new_tokens: int = 128
+    clients: tuple[int, ...] = (1, 2, 4, 8)
+    out: Path = Path("bench-results")
+    repeats: int = 3
+    rounds: int = 1  # requests per client in the concurrency runs
+    hub_server: bool = True
+    transformers_serve: bool = True
+
+
+def run_bench(config: BenchConfig, log=print) -> dict:
+    config.out.mkdir(parents=True, exist_ok=True)
+    report = {"started": now_iso(), "machine": machine(), "model": config.entry.id,
+              "settings": {"prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
+                           "clients": list(config.clients), "repeats": config.repeats, "rounds": config.rounds}}
+    manager = ModelManager(Registry([config.entry], Settings(default_model=config.entry.id)))
+    log(f"loading {config.entry.id} ...")
+    started = time.perf_counter()
+    loaded = manager.get(config.entry.id)
+    first_load_s = time.perf_counter() - started
+    message = prompt_message(loaded, config.prompt_tokens)
+    report["prompt_tokens"] = len(build_prompt(loaded, message, config.new_tokens).input_ids)
+    log("single stream: engine vs bare generate ...")
+    report["single_stream"] = single_stream(loaded, message, config)
+    log("time to first token ...")
+    report["ttft"] = first_token(loaded, message, config.repeats)
+    log("model switch ...")
+    del loaded
+    report["switch"], report["memory"] = switch(manager, config.entry, first_load_s)
+    manager.unload(config.entry.id)
+    if config.hub_server:
+        log("the hub server through gradio_client ...")
+        report["hub_server"] = hub_server(config, message)
+    if config.transformers_serve:
+        report["transformers_serve"] = transformers_serve(config, message, manager, log)
+    report["ratios"] = ratios(report)
+    report["finished"] = now_iso()
+    return report
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def prompt_message(loaded: LoadedModel, prompt_tokens: int) -> str:
+    """A user message whose chat prompt is about `prompt_tokens` long (never shorter than the task)."""
+    base = len(build_prompt(loaded, TASK, 1).input_ids)
+    filler_ids = loaded.tokenizer.encode(FILLER * (1 + prompt_tokens // 8), add_special_tokens=False)
+    room = max(0, prompt_tokens - base - 1)
+    filler = loaded.tokenizer.decode(filler_ids[:room]).strip()
+    return f"{filler}\n\n{TASK}" if filler else TASK
+
+
+def build_prompt(loaded: LoadedModel, message: str, new_tokens: int):
+    return loaded.adapter.build_prompt(loaded.tokenizer, [{"role": "user", "content": message}],
+                                       loaded.context_length, new_tokens, loaded.extra_stop_ids)
+
+
+def greedy(loaded: LoadedModel, new_tokens: int):
+    return loaded.defaults.override({"greedy": True, "repetition_penalty": 1.0, "max_new_tokens": new_tokens})
+
+
+# -- (1) single stream ----------------------------------------------------------------------------
+def bare_generate(loaded: LoadedModel, prompt, new_tokens: int) -> tuple[list[int], float]:
+    ids = torch.tensor([prompt.input_ids], device=loaded.device)
+    stops = prompt.stop_token_ids
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                    max_new_tokens=new_tokens, eos_token_id=stops or None,
+                                    pad_token_id=(stops or [0])[0], temperature=None, top_p=None, top_k=None)
+    return out[0, ids.shape[1]:].tolist(), time.perf_counter() - started
+
+
+def engine_run(loaded: LoadedModel, message: str, new_tokens: int):
+    """(last chunk, seconds to the last chunk, seconds to the first chunk) for one streamed reply."""
+    started, first, last = time.perf_counter(), None, None
+    for last in stream_chat(loaded, [{"role": "user", "content": message}], greedy(loaded, new_tokens)):
+        first = first or time.perf_counter()
+    return last, time.perf_counter() - started, (first or time.perf_counter()) - started
+
+
+@contextmanager
+def generate_path(loaded: LoadedModel):
+    """Serve this model through generate() on a worker thread instead of the batched loop."""
+    saved, loaded.batcher = loaded.batcher, False
+    try:
+        yield
+    finally:
+        loaded.batcher = saved
+
+
+def single_stream(loaded: LoadedModel, message: str, config: BenchConfig) -> dict:
+    prompt = build_prompt(loaded, message, config.new_tokens)
+    bare_generate(loaded, prompt, 4)  # warm-up: first calls allocate
+    engine_run(loaded, message, 4)
+    rates = {"bare_generate": [], "engine": [], "engine_generate_path": []}
+    equal = {"engine": True, "engine_generate_path": True}
+    tokens = 0
+    for _ in range(config.repeats):  # interleaved, so load from elsewhere hits every variant alike
+        reference, seconds = bare_generate(loaded, prompt, config.new_tokens)
+        tokens = len(reference)
+        rates["bare_generate"].append(len(reference) / seconds)
+        for name in ("engine", "engine_generate_path"):
+            with generate_path(loaded) if name == "engine_generate_path" else _nothing():
+                last, seconds, _ = engine_run(loaded, message, config.new_tokens)
+            rates[name].append(last.stats.new_tokens / seconds)
+            equal[name] = equal[name] and last.output_ids == reference
+    result = {f"{k}_tok_s": statistics.median(v) for k, v in rates.items()}
+    result.update(samples=rates, tokens=tokens, greedy_equal_to_bare=equal)
+    return result
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+# -- (3) time to first token ------------------------------------------------------------------------
+def bare_prefill(loaded: LoadedModel, prompt) -> float:
+    ids = torch.tensor([prompt.input_ids], device=loaded.device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
+        int(logits[0, -1].argmax())
+    return time.perf_counter() - started
+
+
+def first_token(loaded: LoadedModel, message: str, repeats: int) -> dict:
+    prompt = build_prompt(loaded, message, 2)
+    bare, hub, hub_generate = [], [], []
+    for _ in range(max(3, repeats)):
+        bare.append(bare_prefill(loaded, prompt))
+        hub.append(engine_run(loaded, message, 2)[2])
+        with generate_path(loaded):
+            hub_generate.append(engine_run(loaded, message, 2)[2])
+    b, h, g = (statistics.median(x) for x in (bare, hub, hub_generate))
+    return {"bare_prefill_s": b, "hub_ttft_s": h, "overhead_s": h - b, "hub_generate_path_ttft_s": g,
+            "generate_path_overhead_s": g - b}
+
+
+# -- (4) model switch --------------------------------------------------------------------------------
+def bare_load(entry: ModelEntry) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapters.weights import resolve
+    from .loader import pick_device, pick_dtype
+
+    weights = resolve(entry.source)
+    device = pick_device(entry.device)
+    started = time.perf_counter()
+    AutoTokenizer.from_pretrained(weights.location, **weights.pretrained_kwargs())
+    model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=pick_dtype(entry.dtype, device),
+                                                 **weights.pretrained_kwargs()).to(device)
+    seconds = time.perf_counter() - started
+    del model
+    gc.collect()
+    return seconds
+
+
+def switch(manager: ModelManager, entry: ModelEntry, first_load_s: float) -> tuple[dict, dict]:
+    """Switch times, and the memory taken by the cold reload (libraries are imported by then)."""
+    cached = []
+    for _ in range(200):
+        started = time.perf_counter()
+        manager.get(entry.id)
+        cached.append(time.perf_counter() - started)
+    bare = bare_load(entry)
+    manager.unload(entry.id)  # frees and trims the C heap, so the process shrinks back
+    rss_before = rss_bytes()
+    started = time.perf_counter()
+    loaded = manager.get(entry.id)  # cold again, with the files as warm in the page cache as the bare load had them
+    cold = time.perf_counter() - started
+    memory = memory_of(loaded, entry, rss_bytes() - rss_before)
+    return {"cached_s": statistics.median(cached), "cold_s": cold, "first_cold_s": first_load_s,
+            "bare_from_pretrained_s": bare}, memory
+
+
+# -- (6) memory ----------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    import psutil
+
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+def memory_of(loaded: LoadedModel, entry: ModelEntry, rss_growth: int) -> dict:
+    """The process's growth on load against the weights' bytes in memory (and on disk, for reference)."""
+    from adapters.weights import resolve
+
+    file_bytes = resolve(entry.source).file_bytes()
+    return {"model": loaded.id, "tensor_bytes": loaded.memory_bytes, "rss_growth_bytes": rss_growth,
+            "file_bytes": file_bytes, "dtype": str(getattr(loaded.model, "dtype", ""))}
+
+
+# -- (2) and (5): servers ----------------------------------------------------------------------------------
+def hub_server(config: BenchConfig, message: str) -> dict:
+    import yaml
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    registry = folder / "registry.yaml"
+    entry = config.entry.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    registry.write_text(yaml.safe_dump({"settings": {"default_model": config.entry.id}, "models": [entry]}))
+    port = servers.free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with servers.server(servers.hub_command(registry, port), url, config.out / "hub-server.log"):
+        clients = [servers.HubClient(url, config.entry.id) for _ in range(max(config.clients))]
+        clients[0].request(message, 4)  # warm-up
+        single = [clients[0].request(message, config.new_tokens) for _ in range(config.repeats)]
+        result = {"single": servers.summarize(single, 1)}
+        result["concurrency"] = [servers.concurrent(clients[:n], message, config.new_tokens, config.rounds)
+                                 for n in config.clients]
+    return result
+
+
+def transformers_serve(config: BenchConfig, message: str, manager: ModelManager, log) -> dict:
+    """The same weights saved to a folder, served by `transformers serve`, with and without batching."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-tserve-"))
+    loaded = manager.get(config.entry.id)
+    save_checkpoint(loaded, folder)
+    dtype = str(loaded.model.dtype).replace("torch.", "")
+    manager.unload(config.entry.id)
+    del loaded
+    results = {}
+    for batching in (False, True):
+        name = "continuous_batching" if batching else "plain"
+        log(f"transformers serve ({name}) ...")
+        port = servers.free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = servers.transformers_serve_command(folder, port, batching, dtype)
+        with servers.server(command, url + "/health", config.out / f"transformers-serve-{name}.log"):
+            client = servers.OpenAIClient(url, str(folder))
+            client.request(message, 4)  # warm-up: the first request loads nothing (forced model) but allocates
+            results[name] = [servers.concurrent([servers.OpenAIClient(url, str(folder)) for _ in range(n)],
+                                                message, config.new_tokens, config.rounds)
+                             for n in config.clients]
+    return results
+
+
+def save_checkpoint(loaded: LoadedModel, folder: Path) -> None:
+    """The loaded weights as a plain safetensors checkpoint (a GGUF source is saved dequantized)."""
+    model = loaded.model
+    config = model.config
+    if getattr(config, "quantization_config", None) and _is_gguf(config.quantization_config):
+        del config.quantization_config  # the weights in memory are already plain tensors
+        model.hf_quantizer = None
+        model.is_quantized = False
+    model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+
+
+def _is_gguf(quantization_config) -> bool:
+    method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else \
+        getattr(quantization_config, "quant_method", None)
+    return str(method).lower().endswith("gguf")
+
+
+# -- summary -------------------------------------------------------------------------------------------------
+def ratios(report: dict) -> dict:
+    out = {}
+    single = report["single_stream"]
+    out["engine_vs_bare"] = single["engine_tok_s"] / single["bare_generate_tok_s"]
+    out["engine_generate_path_vs_bare"] = single["engine_generate_path_tok_s"] / single["bare_generate_tok_s"]
+    out["ttft_overhead_ms"] = report["ttft"]["overhead_s"] * 1000
+    switch_ = report["switch"]
+    out["switch_cached_ms"] = switch_["cached_s"] * 1000
+    out["switch_cold_vs_bare"] = switch_["cold_s"] / switch_["bare_from_pretrained_s"]
+    memory = report["memory"]
+    out["memory_rss_vs_weights"] = memory["rss_growth_bytes"] / memory["tensor_bytes"]
+    hub = report.get("hub_server")
+    if hub:
+        out["server_vs_engine"] = hub["single"]["per_request_tok_s"] / single["engine_tok_s"]
+        by_clients = {c["clients"]: c for c in hub["concurrency"]}
+        if 1 in by_clients:
+            for n, c in by_clients.items():
+                out[f"hub_{n}_clients_vs_1"] = c["aggregate_tok_s"] / by_clients[1]["aggregate_tok_s"]
+        for name, runs in (report.get("transformers_serve") or {}).items():
+            theirs = {c["clients"]: c for c in runs}
+            for n, c in by_clients.items():
+                if n in theirs:
+                    out[f"hub_vs_transformers_serve_{name}_{n}_clients"] = \
+                        c["aggregate_tok_s"] / theirs[n]["aggregate_tok_s"]
+    return out
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0)
+            if torch.cuda.is_available() else None, "torch": torch.__version__,
+            "load_average_at_start": list(os.getloadavg()), "python": platform.python_version()}
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,118 @@
+"""The bench's outputs: report.json, a Markdown table (printed, and pasted into the README), bench.png."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+# (ratio key, what it is, target as text, test of the target)
+TARGETS = [
+    ("engine_vs_bare", "(1) engine streaming tok/s ÷ bare generate", "≥ 0.97", lambda r: r >= 0.97),
+    ("engine_vs_bare", "    faster decode path ÷ bare generate", "≥ 1.3", lambda r: r >= 1.3),
+    ("server_vs_engine", "(2) hub over HTTP (gradio_client) ÷ engine", "≥ 0.90", lambda r: r >= 0.90),
+    ("ttft_overhead_ms", "(3) TTFT, hub − bare prefill (ms)", "≤ 50", lambda r: r <= 50),
+    ("switch_cached_ms", "(4) switch to a loaded model (ms)", "≤ 50", lambda r: r <= 50),
+    ("switch_cold_vs_bare", "    cold load ÷ bare from_pretrained", "≤ 1.1", lambda r: r <= 1.1),
+    ("hub_4_clients_vs_1", "(5) aggregate tok/s, 4 clients ÷ 1 client", "≥ 2.5", lambda r: r >= 2.5),
+    ("hub_vs_transformers_serve_plain_4_clients", "    4 clients ÷ transformers serve", "≥ 1", lambda r: r >= 1),
+    ("hub_vs_transformers_serve_continuous_batching_4_clients",
+     "    4 clients ÷ transformers serve --continuous-batching", "≥ 1", lambda r: r >= 1),
+    ("memory_rss_vs_weights", "(6) process growth on load ÷ weight bytes", "≤ 1.2", lambda r: r <= 1.2),
+]
+
+
+def write(report: dict, out: Path) -> dict:
+    paths = {"json": out / "report.json", "table": out / "table.md", "plot": out / "bench.png"}
+    paths["json"].write_text(json.dumps(report, indent=2, default=str))
+    paths["table"].write_text(markdown(report))
+    plot(report, paths["plot"])
+    return paths
+
+
+def markdown(report: dict) -> str:
+    r = report["ratios"]
+    lines = ["| measure | value | target | met |", "|---|---:|---:|:---:|"]
+    for key, label, target, ok in TARGETS:
+        if key in r:
+            lines.append(f"| {label} | {r[key]:.2f} | {target} | {'yes' if ok(r[key]) else 'no'} |")
+    lines += ["", concurrency_table(report), "", details(report)]
+    return "\n".join(lines) + "\n"
+
+
+def concurrency_table(report: dict) -> str:
+    runs = {"hub": (report.get("hub_server") or {}).get("concurrency") or []}
+    for name, series in (report.get("transformers_serve") or {}).items():
+        runs["transformers serve" + (" --continuous-batching" if name == "continuous_batching" else "")] = series
+    lines = ["| server | clients | aggregate tok/s | TTFT p50 (ms) | TTFT p95 (ms) |", "|---|---:|---:|---:|---:|"]
+    for name, series in runs.items():
+        for c in series:
+            lines.append(f"| {name} | {c['clients']} | {c['aggregate_tok_s']:.1f} | "
+                         f"{c['ttft_p50_s'] * 1000:.0f} | {c['ttft_p95_s'] * 1000:.0f} |")
+    return "\n".join(lines)
+
+
+def details(report: dict) -> str:
+    s, t, w, m = report["single_stream"], report["ttft"], report["switch"], report["memory"]
+    hub = (report.get("hub_server") or {}).get("single")
+    parts = [f"Single stream ({s['tokens']} new tokens, prompt {report['prompt_tokens']} tokens): bare generate "
+             f"{s['bare_generate_tok_s']:.1f} tok/s, engine {s['engine_tok_s']:.1f}, engine through generate() "
+             f"{s['engine_generate_path_tok_s']:.1f}" + (f", hub over HTTP {hub['per_request_tok_s']:.1f}" if hub else "")
+             + f"; greedy output equal to bare generate: {s['greedy_equal_to_bare']}.",
+             f"TTFT: bare prefill {t['bare_prefill_s'] * 1000:.0f} ms, hub {t['hub_ttft_s'] * 1000:.0f} ms "
+             f"(through generate(): {t['hub_generate_path_ttft_s'] * 1000:.0f} ms).",
+             f"Switch: cached {w['cached_s'] * 1e6:.0f} µs, cold {w['cold_s']:.1f} s, bare from_pretrained "
+             f"{w['bare_from_pretrained_s']:.1f} s.",
+             f"Memory: {m['model']} holds {m['tensor_bytes'] / 2**20:.0f} MiB of tensors ({m['dtype']}); the process "
+             f"grew {m['rss_growth_bytes'] / 2**20:.0f} MiB on load; weight files {m['file_bytes'] / 2**20:.0f} MiB."]
+    return "\n\n".join(parts)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (single, agg, ttft) = plt.subplots(1, 3, figsize=(15, 4.5))
+    s = report["single_stream"]
+    bars = {"bare generate": s["bare_generate_tok_s"], "engine (generate)": s["engine_generate_path_tok_s"],
+            "engine (batched loop)": s["engine_tok_s"]}
+    hub = (report.get("hub_server") or {}).get("single")
+    if hub:
+        bars["hub over HTTP"] = hub["per_request_tok_s"]
+    single.bar(list(bars), list(bars.values()), color=["grey", "tab:blue", "tab:green", "tab:orange"][:len(bars)])
+    single.set_title("one stream: tokens/s")
+    single.tick_params(axis="x", labelrotation=20)
+    series = {"hub": (report.get("hub_server") or {}).get("concurrency") or []}
+    for name, runs in (report.get("transformers_serve") or {}).items():
+        series["transformers serve" + (" (CB)" if name == "continuous_batching" else "")] = runs
+    for name, runs in series.items():
+        if runs:
+            clients = [c["clients"] for c in runs]
+            agg.plot(clients, [c["aggregate_tok_s"] for c in runs], marker="o", label=name)
+            ttft.plot(clients, [c["ttft_p50_s"] * 1000 for c in runs], marker="o", label=f"{name} p50")
+            ttft.plot(clients, [c["ttft_p95_s"] * 1000 for c in runs], marker="x", linestyle="--",
+                      label=f"{name} p95")
+    agg.set(title="aggregate tokens/s", xlabel="concurrent clients")
+    ttft.set(title="time to first token (ms)", xlabel="concurrent clients")
+    for ax in (agg, ttft):
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{report['model']} on {report['machine']['cpu']} ({report['machine']['cores']} cores), "
+                 f"{report['started']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def finite_numbers(value, path: str = "") -> list[str]:
+    """Paths of numbers in `value` that are not finite (NaN, inf): a report check for tests and CI."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in finite_numbers(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in finite_numbers(v, f"{path}[{i}]")]
+    return []

@@ -1,0 +1,213 @@
+"""Servers the bench talks to, as real subprocesses on loopback, and one client request for each.
+
+- the hub: `python -m demo serve`, driven through the official `gradio_client` (the Chat tab's /send and
+  /reply endpoints, the same events a browser fires);
+- `transformers serve` on the same weights (saved to a folder), through its OpenAI-compatible streaming
+  endpoint, with and without `--continuous-batching`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+START_TIMEOUT_S = 240.0
+REQUEST_TIMEOUT_S = 600.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Sample:
+    """One request as its client saw it."""
+
+    tokens: int
+    seconds: float  # request sent to last byte
+    ttft_s: float  # request sent to the first visible text
+    started: float
+    ended: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(command: list[str], ready_url: str, log_path: Path, env: dict | None = None):
+    """Run `command` until the block ends; wait until `ready_url` answers 200."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        try:
+            wait_ready(proc, ready_url, log_path)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_ready(proc, url: str, log_path: Path) -> None:
+    deadline = time.time() + START_TIMEOUT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise BenchError(f"{' '.join(proc.args[:4])} exited with {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise BenchError(f"{url} did not answer within {START_TIMEOUT_S:.0f} s (log: {log_path})")
+
+
+# -- the hub ------------------------------------------------------------------------------------
+def hub_command(registry_path: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "demo", "--registry", str(registry_path), "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--preload"]
+
+
+FOOTER_TOKENS = re.compile(r"(\d+) tokens · ")
+
+
+class HubClient:
+    """One browser-like user of the hub's Chat tab (its own session)."""
+
+    def __init__(self, url: str, model_id: str):
+        from gradio_client import Client
+
+        self.client = Client(url, verbose=False)
+        self.model_id = model_id
+
+    def request(self, message: str, new_tokens: int) -> Sample:
+        started = time.perf_counter()
+        self.client.predict(api_name="/clear")
+        self.client.predict(message, api_name="/send")
+        # Chat tab controls: custom sampling on, temperature, top_p, top_k, repetition_penalty,
+        # max_new_tokens, seed (-1: none), greedy.
+        job = self.client.submit(self.model_id, "", True, 0.7, 0.9, 50, 1.0, new_tokens, -1, True,
+                                 api_name="/reply")
+        first = None
+        for output in job:
+            if first is None and _assistant_text(output):
+                first = time.perf_counter()
+        ended = time.perf_counter()
+        final = _assistant_text(job.outputs()[-1])
+        match = FOOTER_TOKENS.search(final)
+        if not match:
+            raise BenchError(f"the hub's reply has no stats footer: {final[-300:]!r}")
+        return Sample(int(match.group(1)), ended - started, (first or ended) - started, started, ended)
+
+
+def _assistant_text(output) -> str:
+    chatbot = output[0] if isinstance(output, (list, tuple)) and output and isinstance(output[0], list) else output
+    for message in reversed(chatbot or []):
+        if isinstance(message, dict) and message.get("role") == "assistant":
+            content = message.get("content")
+            if isinstance(content, list):
+                return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+            return str(content or "")
+    return ""
+
+
+# -- transformers serve -------------------------------------------------------------------------
+def transformers_serve_command(folder: Path, port: int, continuous_batching: bool, dtype: str) -> list[str]:
+    exe = Path(sys.executable).with_name("transformers")
+    command = [str(exe) if exe.exists() else "transformers", "serve", str(folder), "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu", "--dtype", dtype]
+    return command + (["--continuous-batching"] if continuous_batching else [])
+
+
+class OpenAIClient:
+    """A streaming chat-completions client over plain HTTP (server-sent events)."""
+
+    def __init__(self, url: str, model: str):
+        self.url, self.model = url.rstrip("/") + "/v1/chat/completions", model
+
+    def request(self, message: str, new_tokens: int) -> Sample:
+        body = {"model": self.model, "messages": [{"role": "user", "content": message}], "stream": True,
+                "max_tokens": new_tokens, "temperature": 0, "stream_options": {"include_usage": True}}
+        request = urllib.request.Request(self.url, json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        started = time.perf_counter()
+        first, tokens, pieces = None, None, 0
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            for raw in response:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("data:") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[5:])
+                for choice in event.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        pieces += 1
+                        first = first or time.perf_counter()
+                usage = event.get("usage")
+                if usage:
+                    tokens = usage.get("completion_tokens")
+        ended = time.perf_counter()
+        return Sample(tokens if tokens is not None else pieces, ended - started, (first or ended) - started,
+                      started, ended)
+
+
+# -- load -----------------------------------------------------------------------------------------
+def concurrent(clients: list, message: str, new_tokens: int, rounds: int) -> dict:
+    """Every client sends `rounds` requests one after another, all clients at once."""
+    samples: list[Sample] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(clients))
+
+    def user(index: int, client) -> None:
+        try:
+            barrier.wait()
+            for r in range(rounds):
+                samples.append(client.request(f"{message} (request {index}.{r})", new_tokens))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=user, args=(i, c), daemon=True) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(REQUEST_TIMEOUT_S)
+    if errors:
+        raise BenchError(f"{len(errors)} request(s) failed: {type(errors[0]).__name__}: {errors[0]}")
+    return summarize(samples, len(clients))
+
+
+def summarize(samples: list[Sample], clients: int) -> dict:
+    span = max(s.ended for s in samples) - min(s.started for s in samples)
+    ttfts = sorted(s.ttft_s for s in samples)
+    return {"clients": clients, "requests": len(samples), "tokens": sum(s.tokens for s in samples),
+            "seconds": span, "aggregate_tok_s": sum(s.tokens for s in samples) / span,
+            "per_request_tok_s": statistics.median(s.tokens / s.seconds for s in samples),
+            "ttft_p50_s": percentile(ttfts, 50), "ttft_p95_s": percentile(ttfts, 95)}
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Linear-interpolated percentile of an already sorted list."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    k = (len(sorted_values) - 1) * p / 100
+    low = int(k)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (k - low)

@@ -1,0 +1,135 @@
+"""The batched decode loop: exact greedy outputs on the real default model, alone and several at once."""
+import threading
+import time
+
+import pytest
+import torch
+
+from demo.batching import BatchedDecoder, can_batch
+from demo.engine import CancelToken, batcher_for, complete, stream_chat
+from tests.fakes import scripted
+
+PROMPTS = ["What is the capital of France?", "List three colours.",
+           "Write one sentence about the sea, then stop.", "Explain in detail how bread is made, step by step."]
+N = 20
+
+
+def chat(text):
+    return [{"role": "user", "content": text}]
+
+
+def greedy(loaded, n=N):
+    return loaded.defaults.override({"greedy": True, "repetition_penalty": 1.0, "max_new_tokens": n})
+
+
+def bare(loaded, text, n=N) -> list[int]:
+    prompt = loaded.adapter.build_prompt(loaded.tokenizer, chat(text), None, n, loaded.extra_stop_ids)
+    ids = torch.tensor([prompt.input_ids])
+    out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=n, eos_token_id=prompt.stop_token_ids,
+                                pad_token_id=prompt.stop_token_ids[0], temperature=None, top_p=None, top_k=None)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture(scope="module")
+def references(smollm):
+    return [bare(smollm, p) for p in PROMPTS]
+
+
+def run_at_once(loaded, requests, delays=None):
+    """Run (messages, params, cancel) requests on threads, starting each after its delay; last chunks."""
+    results = [None] * len(requests)
+
+    def one(i, messages, params, cancel):
+        time.sleep((delays or [0] * len(requests))[i])
+        results[i] = complete(loaded, messages, params, cancel=cancel)
+
+    threads = [threading.Thread(target=one, args=(i, *r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def test_the_default_model_is_served_by_the_batched_loop(smollm):
+    assert can_batch(smollm.model) and isinstance(batcher_for(smollm), BatchedDecoder)
+
+
+def test_fakes_without_a_kv_cache_keep_the_generate_path():
+    assert batcher_for(scripted("abc")) is None
+
+
+def test_alone_the_loop_gives_exactly_bare_generate(smollm, references):
+    for text, reference in zip(PROMPTS[:2], references):
+        assert complete(smollm, chat(text), greedy(smollm)).output_ids == reference
+
+
+def test_four_at_once_with_staggered_joins_give_exactly_bare_generate(smollm, references):
+    cancels = [CancelToken() for _ in PROMPTS]
+    requests = [(chat(p), greedy(smollm), c) for p, c in zip(PROMPTS, cancels)]
+    results = run_at_once(smollm, requests, delays=[0, 0, 0.3, 0.6])  # later ones join a running batch
+    assert [r.output_ids for r in results] == references
+    assert all(r.finish_reason in ("stop", "length") for r in results)
+
+
+def test_cancelling_one_row_leaves_the_others_exact(smollm, references):
+    cancel = CancelToken()
+    stream = stream_chat(smollm, chat("Count from 1 to 500."), greedy(smollm, 300), cancel)
+    others = {}
+    thread = threading.Thread(target=lambda: others.update(r=run_at_once(
+        smollm, [(chat(p), greedy(smollm), CancelToken()) for p in PROMPTS[:2]])))
+    seen = 0
+    for chunk in stream:
+        seen = chunk.stats.new_tokens
+        if seen == 3:
+            thread.start()
+        if seen >= 8:
+            cancel.cancel()
+            break
+    last = list(stream)[-1]
+    thread.join(120)
+    assert last.finish_reason == "cancelled" and last.stats.new_tokens <= seen + 2
+    assert [r.output_ids for r in others["r"]] == references[:2]
+
+
+def test_per_request_sampling_next_to_a_greedy_row(smollm, references):
+    sampled = smollm.defaults.override({"temperature": 0.9, "top_p": 0.95, "top_k": 40, "seed": 7,
+                                        "max_new_tokens": N, "repetition_penalty": 1.1})
+    alone = complete(smollm, chat(PROMPTS[3]), sampled).output_ids
+    together = run_at_once(smollm, [(chat(PROMPTS[3]), sampled, CancelToken()),
+                                    (chat(PROMPTS[0]), greedy(smollm), CancelToken())])
+    assert together[0].output_ids == alone  # the seed belongs to the request, not to the batch
+    assert together[1].output_ids == references[0]
+    other_seed = complete(smollm, chat(PROMPTS[3]), sampled.override({"seed": 8})).output_ids
+    assert other_seed != alone
+
+
+def test_a_failing_step_ends_those_replies_with_an_error_and_the_loop_goes_on(smollm):
+    loaded = smollm
+    batcher = batcher_for(loaded)
+    real_step = batcher._step
+    calls = {"n": 0}
+
+    def failing_step():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated out of memory")
+        real_step()
+
+    batcher._step = failing_step
+    try:
+        last = complete(loaded, chat(PROMPTS[0]), greedy(loaded))
+    finally:
+        del batcher._step
+    assert last.finish_reason == "error" and "simulated out of memory" in last.error
+    assert complete(loaded, chat(PROMPTS[1]), greedy(loaded, 4)).finish_reason == "length"
+
+
+def test_close_ends_the_loop_thread(smollm):
+    complete(smollm, chat(PROMPTS[0]), greedy(smollm, 2))
+    batcher = batcher_for(smollm)
+    thread = batcher._thread
+    assert thread is not None and thread.is_alive()
+    batcher.close(wait_s=5)
+    assert not thread.is_alive()
