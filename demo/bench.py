@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,6 +96,29 @@ def greedy(loaded: LoadedModel, new_tokens: int):
 
 
 # -- (1) single stream ----------------------------------------------------------------------------
+def on_worker_thread(fn, *args):
+    """Run `fn` on a fresh thread, as the engine runs its producers.
+
+    On a loaded 2-core machine, torch work started from the main thread was measured many times slower
+    than the same work from a worker thread (OpenMP teams contend differently), which would flatter the
+    engine; baselines therefore run on a worker thread too.
+    """
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="bench-baseline")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def bare_generate(loaded: LoadedModel, prompt, new_tokens: int) -> tuple[list[int], float]:
     ids = torch.tensor([prompt.input_ids], device=loaded.device)
     stops = prompt.stop_token_ids
@@ -126,13 +150,13 @@ def generate_path(loaded: LoadedModel):
 
 def single_stream(loaded: LoadedModel, message: str, config: BenchConfig) -> dict:
     prompt = build_prompt(loaded, message, config.new_tokens)
-    bare_generate(loaded, prompt, 4)  # warm-up: first calls allocate
+    on_worker_thread(bare_generate, loaded, prompt, 4)  # warm-up: first calls allocate
     engine_run(loaded, message, 4)
     rates = {"bare_generate": [], "engine": [], "engine_generate_path": []}
     equal = {"engine": True, "engine_generate_path": True}
     tokens = 0
     for _ in range(config.repeats):  # interleaved, so load from elsewhere hits every variant alike
-        reference, seconds = bare_generate(loaded, prompt, config.new_tokens)
+        reference, seconds = on_worker_thread(bare_generate, loaded, prompt, config.new_tokens)
         tokens = len(reference)
         rates["bare_generate"].append(len(reference) / seconds)
         for name in ("engine", "engine_generate_path"):
@@ -164,7 +188,7 @@ def first_token(loaded: LoadedModel, message: str, repeats: int) -> dict:
     prompt = build_prompt(loaded, message, 2)
     bare, hub, hub_generate = [], [], []
     for _ in range(max(3, repeats)):
-        bare.append(bare_prefill(loaded, prompt))
+        bare.append(on_worker_thread(bare_prefill, loaded, prompt))
         hub.append(engine_run(loaded, message, 2)[2])
         with generate_path(loaded):
             hub_generate.append(engine_run(loaded, message, 2)[2])

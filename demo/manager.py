@@ -95,6 +95,8 @@ class ModelManager:
             future.set_exception(ModelLoadError(f"{entry.id}: {message}"))
             return
         self._apply_limits(loaded, entry)
+        # Loading leaves large freed buffers (a GGUF's dequantization, checkpoint reads) in the C heap.
+        free_memory()
         with self._lock:
             self._loaded[entry.id] = loaded
             self._since[entry.id] = time.time()

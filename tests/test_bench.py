@@ -1,0 +1,72 @@
+"""`python -m demo bench` at a tiny size: a tiny real checkpoint, a real hub server, the real gradio_client.
+
+Asserts the report's shape and that every number is finite and positive where it must be; nothing about
+speed (the machine is shared and noisy). `transformers serve` is left out here to keep CI short; the full
+run in the README includes it.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from demo.bench_report import finite_numbers
+from tests.tiny import make_tiny_chat_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = make_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "tiny-chat")
+    out = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [sys.executable, "-m", "demo", "bench", str(folder), "--prompt-tokens", "24", "--new-tokens", "6",
+         "--clients", "1,2", "--repeats", "1", "--no-transformers-serve", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "report.json").read_text()), out, result.stdout
+
+
+def test_report_has_every_section_with_finite_numbers(report):
+    data, out, _ = report
+    for key in ("machine", "settings", "single_stream", "ttft", "switch", "memory", "hub_server", "ratios"):
+        assert key in data, key
+    assert finite_numbers(data) == []
+    single = data["single_stream"]
+    for key in ("bare_generate_tok_s", "engine_tok_s", "engine_generate_path_tok_s"):
+        assert single[key] > 0
+    # the batched loop and the generate path both give bare generate's greedy tokens
+    assert single["greedy_equal_to_bare"] == {"engine": True, "engine_generate_path": True}
+    assert data["ttft"]["bare_prefill_s"] > 0 and data["ttft"]["hub_ttft_s"] > 0
+    assert data["switch"]["cold_s"] > 0 and data["switch"]["bare_from_pretrained_s"] > 0
+    assert data["memory"]["tensor_bytes"] > 0 and data["memory"]["file_bytes"] > 0
+
+
+def test_hub_server_runs_concurrent_clients_through_gradio_client(report):
+    data, _, _ = report
+    hub = data["hub_server"]
+    assert hub["single"]["tokens"] > 0 and hub["single"]["per_request_tok_s"] > 0
+    runs = {run["clients"]: run for run in hub["concurrency"]}
+    assert set(runs) == {1, 2}
+    for n, run in runs.items():
+        assert run["requests"] == n and run["tokens"] > 0 and run["aggregate_tok_s"] > 0
+        assert 0 < run["ttft_p50_s"] <= run["ttft_p95_s"]
+    for key in ("engine_vs_bare", "server_vs_engine", "switch_cold_vs_bare", "hub_2_clients_vs_1"):
+        assert data["ratios"][key] > 0
+
+
+def test_table_and_plot_are_written(report):
+    data, out, stdout = report
+    assert "| (1) engine streaming tok/s ÷ bare generate |" in stdout
+    assert "| hub | 2 |" in (out / "table.md").read_text()
+    png = (out / "bench.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_bad_options_are_clear_errors(capsys):
+    from demo.cli import main
+
+    assert main(["bench", "--clients", "1,x"]) == 2
+    assert "--clients takes comma-separated integers" in capsys.readouterr().err
