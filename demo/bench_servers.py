@@ -83,8 +83,10 @@ def wait_ready(proc, url: str, log_path: Path) -> None:
 
 # -- the hub ------------------------------------------------------------------------------------
 def hub_command(registry_path: Path, port: int) -> list[str]:
+    # No per-client rate limit: every bench client comes from 127.0.0.1. Votes go next to the registry.
     return [sys.executable, "-m", "demo", "--registry", str(registry_path), "serve", "--host", "127.0.0.1",
-            "--port", str(port), "--preload"]
+            "--port", str(port), "--preload", "--rate-limit", "0",
+            "--votes", str(registry_path.with_name("votes.sqlite3"))]
 
 
 FOOTER_TOKENS = re.compile(r"(\d+) tokens · ")

@@ -373,7 +373,6 @@ class _Run:
             self.stats.elapsed_s = time.perf_counter() - self.started
         return Chunk(self.text, delta, replace(self.stats), finish, error, list(self.output_ids),
                      self.input_ids if finish else [], self.code if finish == "error" else None)
-                     self.input_ids if finish else [])
 
 
 class _Ticket:
