@@ -102,8 +102,8 @@ class HubClient:
         self.model_id = model_id
 
     def request(self, message: str, new_tokens: int) -> Sample:
+        self.client.predict(api_name="/clear")  # a fresh conversation; not part of the request's time
         started = time.perf_counter()
-        self.client.predict(api_name="/clear")
         self.client.predict(message, api_name="/send")
         # Chat tab controls: custom sampling on, temperature, top_p, top_k, repetition_penalty,
         # max_new_tokens, seed (-1: none), greedy.
