@@ -115,8 +115,7 @@ class ModelManager:
             removed = self._pop(model_id)
         if not removed:
             return False
-        for loaded in removed:
-            release(loaded)
+        release(removed)
         removed.clear()
         free_memory()
         return True
@@ -137,8 +136,7 @@ class ModelManager:
             if victim is None:
                 break
             evicted += self._pop(victim)
-            for loaded in evicted:
-                release(loaded)
+            release(evicted)
             log.info("evicted %s to stay under the memory budget", victim)
         if evicted:
             evicted.clear()
@@ -199,11 +197,15 @@ def entry_availability(registry: Registry, entry: ModelEntry) -> tuple[bool, str
     return ok, "" if ok else f"base {entry.base}: {reason}"
 
 
-def release(loaded: LoadedModel) -> None:
-    """Stop the model's batched decode loop once idle; its thread would otherwise keep the weights alive."""
-    close = getattr(loaded.batcher, "close", None)
-    if close is not None:
-        close(wait_s=0.5)
+def release(models: list[LoadedModel]) -> None:
+    """Stop each model's batched decode loop once idle; its thread would otherwise keep the weights alive.
+
+    (A helper, so that no loop variable in the caller keeps the last model alive through free_memory().)
+    """
+    for loaded in models:
+        close = getattr(loaded.batcher, "close", None)
+        if close is not None:
+            close(wait_s=0.5)
 
 
 def free_memory() -> None:
