@@ -192,6 +192,10 @@ def batcher_for(loaded: LoadedModel) -> BatchedDecoder | None:
     """The model's batched decode loop, created on first use; None where generate() must serve."""
     if not BATCHED_DECODE or loaded.model is None:
         return None
+    # Batched rows are checked equal to single-row decoding for plain Linear layers only (a GGUF is
+    # dequantized to them); GPTQ/AWQ/bitsandbytes kernels keep generate() and the per-model lock.
+    if loaded.quant_format not in ("none", "gguf"):
+        return None
     with _batcher_lock:
         if loaded.batcher is None:
             loaded.batcher = BatchedDecoder(loaded.model) if can_batch(loaded.model) else False

@@ -63,6 +63,11 @@ def attach_adapter(entry: ModelEntry, base: LoadedModel) -> LoadedModel:
         raise AdapterMissing(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
     shared = base.model if isinstance(base.model, AdapterView) else AdapterView(base.model, None)
     name = adapter_name(entry.id)
+    # The base's batched loop does not take base.lock: retire it (its batch finishes first), so the base
+    # and its adapters all generate through generate() under the one lock they share.
+    loop, base.batcher = base.batcher, False
+    if loop:
+        loop.close(wait_s=600)
     with base.lock:  # the base may be generating; injecting changes its layers
         if name not in (getattr(shared.model, "peft_config", None) or {}):
             shared.model.load_adapter(str(folder), adapter_name=name)

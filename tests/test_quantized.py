@@ -288,9 +288,16 @@ def test_lora_entry_shares_the_base_weights(fp_folder, lora_folder):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from demo.engine import batcher_for
+
     manager = ModelManager(lora_registry(fp_folder, lora_folder), 10**10)
     base_before = last_logits(manager.get("base").model)
+    assert list(stream_chat(manager.get("base"), HELLO, greedy(manager.get("base"), 2)))[-1].error is None
+    loop = manager.get("base").batcher
+    assert loop, "a plain full-precision base serves through the batched decode loop"
     tuned, base = manager.get("tuned"), manager.get("base")
+    # Its loop is retired: the base and its adapter now share generate() and one lock.
+    assert base.batcher is False and batcher_for(base) is None and batcher_for(tuned) is None
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(fp_folder, dtype=torch.float32),
                                           str(lora_folder)).eval()
     assert torch.allclose(last_logits(tuned.model), last_logits(reference), atol=1e-5)
@@ -309,6 +316,9 @@ def test_lora_on_a_quantized_base(packed, lora_folder):
     manager = ModelManager(lora_registry(packed("gptq"), lora_folder), 10**10)
     tuned, base = manager.get("tuned"), manager.get("base")
     assert (tuned.quant_format, tuned.bits, tuned.base_id) == ("gptq", 4, "base")
+    from demo.engine import batcher_for
+
+    assert batcher_for(base) is None  # quantized kernels keep generate(): batched rows are not checked there
     assert not torch.allclose(last_logits(tuned.model), last_logits(base.model), atol=1e-3)
     assert list(stream_chat(tuned, HELLO, greedy(tuned, 3)))[-1].error is None
 
