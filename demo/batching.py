@@ -115,8 +115,9 @@ def _agreeing_rows(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> 
             shape = (rows, 1, linear.in_features)
             x = torch.randn(shape, generator=generator) * torch.exp(3 * torch.randn(shape, generator=generator))
             x = x.to(weight.device, weight.dtype)
-            alone = torch.cat([linear(x[i:i + 1]) for i in range(rows)])
-            if not torch.equal(linear(x), alone):
+            # forward(), not __call__: a probe is no real step, so the module's hooks must not see it
+            alone = torch.cat([linear.forward(x[i:i + 1]) for i in range(rows)])
+            if not torch.equal(linear.forward(x), alone):
                 return rows - 1
     return max_batch
 
