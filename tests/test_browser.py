@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import Page, sync_playwright
 
 from tests.app_server import BROKEN, DEFAULT, GONE, MISSING_GGUF, TINY
@@ -68,9 +69,19 @@ def page(browser, hub_server):
 
 
 def send(page: Page, text: str) -> None:
+    """Type and press Enter; once the app takes the message it empties the box. On a loaded machine the
+    page can show the box before Gradio has bound its events, and that first Enter is lost: press again."""
     box = page.locator("#chat-input textarea")
     box.fill(text)
-    box.press("Enter")
+    for _ in range(3):
+        box.press("Enter")
+        try:
+            page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''",
+                                   timeout=15_000)
+            return
+        except PlaywrightTimeoutError:
+            continue
+    raise AssertionError(f"the page never took the message {text!r}")
 
 
 def wait_for_reply(page: Page, count: int, timeout_ms: float = REPLY_TIMEOUT_MS) -> str:
