@@ -11,11 +11,13 @@ cancel. The loop also replaces `generate()` for a single stream: it skips genera
 """
 from __future__ import annotations
 
+import atexit
 import inspect
 import logging
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 8
 IDLE_EXIT_S = 2.0  # the loop's thread ends after this long without work; the next request restarts it
 _CLOSE = object()  # put in the queue by close(): end the thread once the batch is empty
+_RUNNING: "weakref.WeakSet[BatchedDecoder]" = weakref.WeakSet()
 
 
 ROWWISE = "hub_rowwise_sdpa"  # the attention implementation a batched model runs with
@@ -155,6 +158,7 @@ class BatchedDecoder:
         self.mask: torch.Tensor | None = None  # [batch, cache length]: 1 real token, 0 left padding
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._exiting = False
 
     def submit(self, request) -> None:
         self.pending.put(request)
@@ -162,6 +166,7 @@ class BatchedDecoder:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="batched-decode", daemon=True)
                 self._thread.start()
+                _RUNNING.add(self)
 
     def close(self, wait_s: float = 0.0) -> None:
         """Let the loop's thread end as soon as its batch is empty, so an unloaded model can be freed."""
@@ -170,9 +175,17 @@ class BatchedDecoder:
             self.pending.put(_CLOSE)
             thread.join(wait_s)
 
+    def _exit(self, wait_s: float) -> None:
+        """At interpreter exit: end every row now and join the thread (see `_end_loops_at_exit`)."""
+        self._exiting = True
+        self.close(wait_s)
+
     # -- the loop -----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            if self._exiting:
+                self._fail_all(RuntimeError("the process is exiting"))
+                return
             if not self._admit():
                 with self._start_lock:  # no work for a while: end, unless a request just arrived
                     if self.pending.empty():
@@ -298,6 +311,18 @@ class BatchedDecoder:
 
     def _device(self):
         return next(self.model.parameters()).device
+
+
+@atexit.register
+def _end_loops_at_exit(wait_s: float = 10.0) -> None:
+    """Join the loops' daemon threads before the interpreter finalizes.
+
+    A daemon thread still inside torch (trimming the cache after the last reply) while the main
+    thread tears down torch's static state makes the process abort with "terminate called without an
+    active exception", so `python -m demo generate` would print its answer and still exit with 134.
+    """
+    for decoder in list(_RUNNING):
+        decoder._exit(wait_s)
 
 
 def _pad_left(tensors: list[torch.Tensor], dim: int) -> list[torch.Tensor]:
