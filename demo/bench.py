@@ -14,7 +14,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from .engine import stream_chat
 from .loader import LoadedModel
 from .manager import ModelManager
 from .registry import ModelEntry, Registry, Settings
+from .threads import on_own_thread
 
 FILLER = ("The lighthouse keeper wrote down the weather every morning: wind, clouds, the colour of the sea, "
           "and the ships that passed. ")
@@ -97,26 +97,9 @@ def greedy(loaded: LoadedModel, new_tokens: int):
 
 # -- (1) single stream ----------------------------------------------------------------------------
 def on_worker_thread(fn, *args):
-    """Run `fn` on a fresh thread, as the engine runs its producers.
-
-    On a loaded 2-core machine, torch work started from the main thread was measured many times slower
-    than the same work from a worker thread (OpenMP teams contend differently), which would flatter the
-    engine; baselines therefore run on a worker thread too.
-    """
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:
-            box["error"] = e
-
-    thread = threading.Thread(target=run, name="bench-baseline")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    """Run a baseline on a fresh thread, as the engine runs its producers: a thread that ends with its
+    work, so no OpenMP pool outlives it and every variant runs with the same single pool (demo.threads)."""
+    return on_own_thread(fn, *args)
 
 
 def bare_generate(loaded: LoadedModel, prompt, new_tokens: int) -> tuple[list[int], float]:
@@ -223,7 +206,7 @@ def switch(manager: ModelManager, entry: ModelEntry, first_load_s: float) -> tup
         started = time.perf_counter()
         manager.get(entry.id)
         cached.append(time.perf_counter() - started)
-    bare = bare_load(entry)
+    bare = on_worker_thread(bare_load, entry)  # like the hub, which loads on a thread of its own
     manager.unload(entry.id)  # frees and trims the C heap, so the process shrinks back
     rss_before = rss_bytes()
     started = time.perf_counter()

@@ -24,6 +24,7 @@ from adapters.base import AdapterError, ContextTooLong
 from .limits import CONTEXT_TOO_LONG, INVALID, TIMEOUT, LimitError, capped, check_messages
 from .batching import BatchedDecoder, can_batch
 from .loader import LoadedModel
+from .threads import on_own_thread
 from .params import GenerationParams
 from .textstream import IncrementalDecoder, StopStringFilter
 
@@ -198,7 +199,8 @@ def batcher_for(loaded: LoadedModel) -> BatchedDecoder | None:
         return None
     with _batcher_lock:
         if loaded.batcher is None:
-            loaded.batcher = BatchedDecoder(loaded.model) if can_batch(loaded.model) else False
+            # the constructor probes every Linear: torch work, so on a thread of its own (demo.threads)
+            loaded.batcher = on_own_thread(BatchedDecoder, loaded.model) if can_batch(loaded.model) else False
     return loaded.batcher or None
 
 

@@ -16,6 +16,7 @@ from adapters.weights import Weights, resolve, with_quantization
 from .limits import Gate
 from .params import GenerationParams, from_generation_config
 from .registry import GenerationDefaults, Limits, ModelEntry, Source
+from .threads import on_own_thread
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -118,7 +119,14 @@ def load_tokenizer_only(entry: ModelEntry):
 
 
 def load_entry(entry: ModelEntry, base: LoadedModel | None = None) -> LoadedModel:
-    """Load an entry; a LoRA/PEFT entry (`base:` + `adapter:`) goes on top of its loaded `base`."""
+    """Load an entry; a LoRA/PEFT entry (`base:` + `adapter:`) goes on top of its loaded `base`.
+
+    The work runs on a thread of its own, so the caller's thread starts no OpenMP pool that would
+    outlive the load and slow every later decode step (see `demo.threads`)."""
+    return on_own_thread(_load_entry, entry, base)
+
+
+def _load_entry(entry: ModelEntry, base: LoadedModel | None) -> LoadedModel:
     if entry.base:
         from .lora import attach_adapter
 
