@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,9 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .fastdecode import LeanDecode
+
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 8
+LEAN_DECODE = os.environ.get("HUB_LEAN_DECODE", "1") != "0"  # 0: every step through model(...)
 IDLE_EXIT_S = 2.0  # the loop's thread ends after this long without work; the next request restarts it
 _CLOSE = object()  # put in the queue by close(): end the thread once the batch is empty
 _RUNNING: "weakref.WeakSet[BatchedDecoder]" = weakref.WeakSet()
@@ -83,7 +87,7 @@ def rowwise_attention(model) -> None:
         model.set_attn_implementation(ROWWISE)
 
 
-def row_consistent_linears(model, max_batch: int) -> dict:
+def row_consistent_linears(model, max_batch: int, extra=()) -> dict:
     """Make every Linear give each row of a batch exactly what it gives that row alone.
 
     BLAS kernels pick their blocking by the number of rows, so a batch of 3+ rows can round differently
@@ -92,7 +96,7 @@ def row_consistent_linears(model, max_batch: int) -> dict:
     single stream never split). Returns {(in, out): chunk} for the layers that were split.
     """
     groups: dict = {}
-    for module in model.modules():
+    for module in [*model.modules(), *extra]:
         if type(module) is torch.nn.Linear and not hasattr(module, "_hub_rows"):
             groups.setdefault((module.in_features, module.out_features, module.weight.dtype), []).append(module)
     split = {}
@@ -151,7 +155,9 @@ class BatchedDecoder:
     def __init__(self, model, max_batch: int = MAX_BATCH):
         self.model, self.max_batch = model, max_batch
         rowwise_attention(model)
-        self.split_linears = row_consistent_linears(model, max_batch)
+        lean = LeanDecode.fuse(model) if LEAN_DECODE else None
+        self.split_linears = row_consistent_linears(model, max_batch, lean.linears() if lean else ())
+        self.lean = lean if lean is not None and lean.checked() else None
         self.pending: queue.Queue = queue.Queue()
         self.active: list[_Slot] = []
         self.cache = None
@@ -247,9 +253,12 @@ class BatchedDecoder:
         positions = torch.tensor([[s.position] for s in self.active], device=device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.active), 1)], dim=1)
         # No attention mask: each row attends over its own real keys only (see rowwise_attention).
-        out = self.model(input_ids=tokens, position_ids=positions, past_key_values=self.cache, use_cache=True,
-                         row_lengths=[s.position + 1 for s in self.active])
-        logits = out.logits[:, -1, :]
+        lengths = [s.position + 1 for s in self.active]
+        if self.lean is not None:
+            logits = self.lean.step(tokens, positions, self.cache, lengths)
+        else:
+            logits = self.model(input_ids=tokens, position_ids=positions, past_key_values=self.cache,
+                                use_cache=True, row_lengths=lengths).logits[:, -1, :]
         for row, slot in enumerate(self.active):
             slot.position += 1
             self._take(slot, logits[row:row + 1])

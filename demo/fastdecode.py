@@ -1,0 +1,183 @@
+"""A lean decode step for Llama-shaped models, used by the batched loop instead of `model(...)`.
+
+One decode step of a 135M model on 2 CPU cores spends about a quarter of its time outside the matrix
+products: Python glue in every module call, output dataclasses, masks, hooks, and three small
+projections where one would do. This step runs the same torch operations in the same order, with
+q/k/v and gate/up each fused into one matrix product, so its logits are bitwise those of
+`model(...)`. That is not assumed: `LeanDecode.build` runs a few steps both ways on the model and
+keeps the lean step only when every logit is equal; otherwise the loop keeps `model(...)`.
+
+The fused weights are the originals concatenated, and the original projections become views into
+them, so no weight is held twice.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPES = ("llama", "qwen2")  # decoder layers of exactly the shape this step computes
+
+
+class LeanDecode:
+    def __init__(self, model, layers: list[dict]):
+        self.model, self.layers = model, layers
+        self.inner = model.model
+        self.eps = model.config.rms_norm_eps
+
+    # -- building and checking -------------------------------------------------------------------
+    @classmethod
+    def fuse(cls, model) -> "LeanDecode | None":
+        """The lean step for `model` (not yet checked), or None where the model's shape rules it out."""
+        return cls(model, [_fuse(layer) for layer in model.model.layers]) if _eligible(model) else None
+
+    def linears(self) -> list[torch.nn.Linear]:
+        """The fused projections, for the loop's row-consistency probe (demo.batching)."""
+        return [fused[name] for fused in self.layers for name in ("qkv", "gate_up")]
+
+    def checked(self) -> bool:
+        """Whether the step gives forward()'s logits bit for bit; the loop uses it only then."""
+        try:
+            if self.matches_forward():
+                return True
+            log.info("lean decode differs from forward() for %s; keeping forward()", type(self.model).__name__)
+        except Exception:
+            log.exception("lean decode check failed; keeping forward()")
+        return False
+
+    @torch.inference_mode()
+    def matches_forward(self, steps: int = 3) -> bool:
+        """Decode a few steps from the same prompt both ways, one row and two, and compare every logit."""
+        from transformers import DynamicCache
+
+        generator = torch.Generator().manual_seed(0)
+        device = self.inner.embed_tokens.weight.device
+        vocab = self.model.config.vocab_size
+        for rows in (1, 2):
+            prompt = torch.randint(0, vocab, (rows, 7), generator=generator).to(device)
+            caches = []
+            for _ in range(2):
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                caches.append(cache)
+            tokens = torch.randint(0, vocab, (rows, 1), generator=generator).to(device)
+            for step in range(steps):
+                positions = torch.full((rows, 1), 7 + step, device=device)
+                lengths = [8 + step] * rows
+                expected = self.model(input_ids=tokens, position_ids=positions, past_key_values=caches[0],
+                                      use_cache=True, row_lengths=lengths).logits[:, -1, :]
+                got = self.step(tokens, positions, caches[1], lengths)
+                if not torch.equal(expected, got):
+                    return False
+                tokens = expected.argmax(dim=-1, keepdim=True)
+        return True
+
+    # -- the step ------------------------------------------------------------------------------------
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, cache, row_lengths: list[int]) -> torch.Tensor:
+        """Logits [rows, vocab] of the next token of each row; appends each row's key/value to `cache`."""
+        hidden = self.inner.embed_tokens(tokens)
+        cos, sin = self.inner.rotary_emb(hidden, positions)
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [rows, 1, 1, head_dim]: over the heads of q and k
+        for fused, cache_layer in zip(self.layers, cache.layers):
+            hidden = self._layer(hidden, fused, cache_layer, cos, sin, row_lengths)
+        hidden = _rms_norm(hidden, self.inner.norm.weight, self.inner.norm.variance_epsilon)
+        return self.model.lm_head(hidden[:, -1:, :])[:, -1, :]
+
+    def _layer(self, hidden, fused, cache_layer, cos, sin, row_lengths):
+        attention, rows, head_dim = fused["attention"], hidden.shape[0], fused["head_dim"]
+        x = _rms_norm(hidden, fused["norm_in"], self.eps)
+        qk, v = fused["qkv"].forward(x).split(fused["qk_v_sizes"], dim=-1)
+        # q and k rotated in one go: the same elementwise products and sums, on fewer, larger tensors
+        qk = qk.view(rows, 1, -1, head_dim)
+        qk = qk * cos + _rotate_half(qk) * sin
+        q, k = qk.transpose(1, 2).split(fused["q_k_heads"], dim=1)
+        v = v.view(rows, 1, -1, head_dim).transpose(1, 2)
+        cache_layer.keys = torch.cat([cache_layer.keys, k], dim=-2)
+        cache_layer.values = torch.cat([cache_layer.values, v], dim=-2)
+        out = _rowwise_sdpa(attention, q, cache_layer.keys, cache_layer.values, row_lengths)
+        hidden = hidden + fused["o"].forward(out.reshape(rows, 1, -1).contiguous())
+        x = _rms_norm(hidden, fused["norm_post"], self.eps)
+        gate, up = fused["gate_up"].forward(x).split(fused["mlp_sizes"], dim=-1)
+        return hidden + fused["down"].forward(fused["act"](gate) * up)
+
+
+def _rowwise_sdpa(attention, q, keys, values, row_lengths):
+    """SDPA of each row over its own real keys only, as the loop's row-wise attention (demo.batching)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    width = keys.shape[2]
+    if len(row_lengths) == 1 and row_lengths[0] == width:
+        return sdpa_attention_forward(attention, q, keys, values, None, dropout=0.0, scaling=attention.scaling)[0]
+    return torch.cat([sdpa_attention_forward(attention, q[b:b + 1], keys[b:b + 1, :, width - n:],
+                                             values[b:b + 1, :, width - n:], None, dropout=0.0,
+                                             scaling=attention.scaling)[0]
+                      for b, n in enumerate(row_lengths)], dim=0)
+
+
+# -- the model's pieces -----------------------------------------------------------------------------
+def _eligible(model) -> bool:
+    config = model.config
+    if getattr(config, "model_type", None) not in MODEL_TYPES or getattr(config, "pretraining_tp", 1) != 1:
+        return False
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or type(getattr(model, "lm_head", None)) is not torch.nn.Linear:
+        return False
+    for module in model.modules():  # hooks (accelerate offload, adapters) would be skipped by the lean step
+        if module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook"):
+            return False
+    for layer in inner.layers:
+        a, mlp = layer.self_attn, layer.mlp
+        if any(type(p) is not torch.nn.Linear for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj,
+                                                         mlp.up_proj, mlp.down_proj)):
+            return False
+    return True
+
+
+def _fuse(layer) -> dict:
+    a, mlp = layer.self_attn, layer.mlp
+    q, k, v = a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features
+    # Modules are called through .forward: no hooks are set (see _eligible), and the row-consistency
+    # probe of the loop may have replaced a forward with a chunked one.
+    return {"attention": a, "o": a.o_proj, "down": mlp.down_proj, "head_dim": a.head_dim, "act": mlp.act_fn,
+            "norm_in": layer.input_layernorm.weight,
+            "norm_post": layer.post_attention_layernorm.weight,
+            "qkv": _fused_linear([a.q_proj, a.k_proj, a.v_proj]), "qk_v_sizes": [q + k, v],
+            "q_k_heads": [q // a.head_dim, k // a.head_dim],
+            "gate_up": _fused_linear([mlp.gate_proj, mlp.up_proj]),
+            "mlp_sizes": [mlp.gate_proj.out_features, mlp.up_proj.out_features]}
+
+
+def _fused_linear(linears: list[torch.nn.Linear]) -> torch.nn.Linear:
+    """One Linear whose output is the given Linears' outputs side by side; they become views into it."""
+    weight = torch.cat([l.weight.data for l in linears])
+    has_bias = linears[0].bias is not None
+    fused = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device="meta")
+    fused.weight = torch.nn.Parameter(weight, requires_grad=False)
+    bias = torch.cat([l.bias.data for l in linears]) if has_bias else None
+    if has_bias:
+        fused.bias = torch.nn.Parameter(bias, requires_grad=False)
+    start = 0
+    for l in linears:
+        end = start + l.out_features
+        l.weight.data = weight[start:end]
+        if has_bias:
+            l.bias.data = bias[start:end]
+        start = end
+    return fused
+
+
+def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm's operations, in its order (any other order rounds differently)."""
+    dtype = hidden.dtype
+    hidden = hidden.to(torch.float32)
+    variance = hidden.pow(2).mean(-1, keepdim=True)
+    hidden = hidden * torch.rsqrt(variance + eps)
+    return weight * hidden.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

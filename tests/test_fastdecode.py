@@ -1,0 +1,53 @@
+"""The lean decode step: bitwise forward()'s logits, a check that can say no, and no weight held twice."""
+import torch
+
+import demo.fastdecode as fastdecode
+from demo.engine import batcher_for
+from demo.fastdecode import LeanDecode
+
+
+def make_tiny_llama(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
+    return LlamaForCausalLM(config).eval()
+
+
+def test_the_default_model_decodes_through_the_checked_lean_step(smollm):
+    lean = batcher_for(smollm).lean
+    assert lean is not None and lean.matches_forward(steps=4)
+
+
+def test_the_check_refuses_a_step_that_rounds_differently(smollm, monkeypatch):
+    lean = batcher_for(smollm).lean
+
+    def norm_in_another_order(hidden, weight, eps):  # the same formula, rounded once less
+        x = hidden.to(torch.float32)
+        return (weight.to(torch.float32) * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(hidden.dtype)
+
+    monkeypatch.setattr(fastdecode, "_rms_norm", norm_in_another_order)
+    assert not lean.matches_forward() and not lean.checked()
+
+
+def test_fused_projections_are_views_not_copies(smollm):
+    lean = batcher_for(smollm).lean
+    layer, fused = smollm.model.model.layers[0], lean.layers[0]
+    qkv, gate_up = fused["qkv"].weight, fused["gate_up"].weight
+    for proj, weight in ((layer.self_attn.q_proj, qkv), (layer.self_attn.v_proj, qkv), (layer.mlp.up_proj, gate_up)):
+        assert proj.weight.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+    assert torch.equal(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]), gate_up)
+
+
+def test_a_tiny_llama_is_checked_equal_and_a_hooked_one_keeps_forward():
+    from demo.batching import rowwise_attention
+
+    model = make_tiny_llama()
+    rowwise_attention(model)
+    lean = LeanDecode.fuse(model)
+    assert lean is not None and lean.checked()
+    hooked = make_tiny_llama()
+    rowwise_attention(hooked)
+    hooked.model.layers[1].mlp.register_forward_hook(lambda *args: None)
+    assert LeanDecode.fuse(hooked) is None
