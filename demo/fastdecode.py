@@ -49,7 +49,7 @@ class LeanDecode:
         return False
 
     @torch.inference_mode()
-    def matches_forward(self, steps: int = 3) -> bool:
+    def matches_forward(self, steps: int = 2) -> bool:
         """Decode a few steps from the same prompt both ways, one row and two, and compare every logit."""
         from transformers import DynamicCache
 

@@ -85,6 +85,7 @@ class ModelManager:
             base = self.get(entry.base) if entry.base else None
             with _LOAD_LOCK:
                 loaded = self.loader(entry, base) if base is not None else self.loader(entry)
+                prepare_decoding(loaded)
         except Exception as e:  # any failure stays with this model
             message = f"{type(e).__name__}: {e}"
             log.warning("loading %s failed: %s", entry.id, message)
@@ -227,3 +228,16 @@ def trim_c_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def prepare_decoding(loaded: LoadedModel) -> None:
+    """Build the model's batched decode loop now, as part of the load, so that its one-time probes
+    (about a second on the default model) do not delay the first reply. A failure here only means
+    the model is served through generate()."""
+    from .engine import batcher_for
+
+    try:
+        batcher_for(loaded)
+    except Exception:
+        log.exception("preparing the batched decode loop of %s failed; generate() will serve it", loaded.id)
+        loaded.batcher = False
