@@ -145,3 +145,24 @@ def test_compare_and_arena_sends_count_against_the_client_rate_limit(tmp_path):
     other = SimpleNamespace(username=None, client=SimpleNamespace(host="10.0.0.8"), headers={})
     *_, status = arena.user_message(hub, "hi", arena.new_session(), other)
     assert status == ""
+
+
+def test_chat_updates_share_a_budget_and_the_last_one_always_shows(hub, monkeypatch):
+    """40 tokens at ~100/s: the Chat tab shows the first text at once, then about 16 updates a second per
+    reply (fewer when several replies stream), and the final text with its footer."""
+    from demo.ui import chat_handlers as chat
+
+    text = "x" * 40
+    monkeypatch.setattr(hub.manager, "loader", lambda entry: scripted(text, step_s=0.01))
+    controls = (False, 0.7, 0.9, 50, 1.0, 64, -1, True)
+
+    def updates(streaming_elsewhere: int) -> list:
+        monkeypatch.setattr(chat._streaming, "count", streaming_elsewhere)
+        _, session, _, _ = chat.user_message("go", chat.new_session(), None, hub)
+        views = [view for _, view, _ in chat.bot_reply(hub, session, "alpha", "", *controls)]
+        assert views[-1][-1]["content"].startswith(text) and "40 tokens" in views[-1][-1]["content"]
+        return views
+
+    alone, beside_three = updates(0), updates(3)
+    assert 4 <= len(alone) <= 15 < 40
+    assert len(beside_three) < len(alone)
