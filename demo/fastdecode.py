@@ -106,15 +106,24 @@ class LeanDecode:
 
 def _rowwise_sdpa(attention, q, keys, values, row_lengths):
     """SDPA of each row over its own real keys only, as the loop's row-wise attention (demo.batching)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     width = keys.shape[2]
     if len(row_lengths) == 1 and row_lengths[0] == width:
-        return sdpa_attention_forward(attention, q, keys, values, None, dropout=0.0, scaling=attention.scaling)[0]
-    return torch.cat([sdpa_attention_forward(attention, q[b:b + 1], keys[b:b + 1, :, width - n:],
-                                             values[b:b + 1, :, width - n:], None, dropout=0.0,
-                                             scaling=attention.scaling)[0]
+        return _sdpa(attention, q, keys, values)
+    return torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1, :, width - n:], values[b:b + 1, :, width - n:])
                       for b, n in enumerate(row_lengths)], dim=0)
+
+
+def _sdpa(attention, q, keys, values):
+    """transformers' `sdpa_attention_forward` for one query token and no mask, without its general-case
+    Python: one call of the same kernel with the same arguments, and its output layout."""
+    groups = attention.num_key_value_groups
+    if groups > 1 and keys.shape[-1] > 256:  # transformers packs these heads differently: use its code
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(attention, q, keys, values, None, dropout=0.0, scaling=attention.scaling)[0]
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None, dropout_p=0.0, scale=attention.scaling,
+                                         is_causal=False, **({"enable_gqa": True} if groups > 1 else {}))
+    return out.transpose(1, 2).contiguous()
 
 
 # -- the model's pieces -----------------------------------------------------------------------------
