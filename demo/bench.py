@@ -251,6 +251,12 @@ def hub_server(config: BenchConfig, message: str) -> dict:
         result = {"single": servers.summarize(single, 1)}
         result["concurrency"] = [servers.concurrent(clients[:n], message, config.new_tokens, config.rounds)
                                  for n in config.clients]
+        # The same server through its OpenAI-compatible API: the client and protocol transformers serve is
+        # measured with, so this series is the like-for-like comparison with it.
+        api = [servers.OpenAIClient(url, config.entry.id) for _ in range(max(config.clients))]
+        api[0].request(message, 4)  # warm-up
+        result["api_concurrency"] = [servers.concurrent(api[:n], message, config.new_tokens, config.rounds)
+                                     for n in config.clients]
     return result
 
 
@@ -311,16 +317,24 @@ def ratios(report: dict) -> dict:
     hub = report.get("hub_server")
     if hub:
         out["server_vs_engine"] = hub["single"]["per_request_tok_s"] / single["engine_tok_s"]
-        by_clients = {c["clients"]: c for c in hub["concurrency"]}
-        if 1 in by_clients:
-            for n, c in by_clients.items():
-                out[f"hub_{n}_clients_vs_1"] = c["aggregate_tok_s"] / by_clients[1]["aggregate_tok_s"]
-        for name, runs in (report.get("transformers_serve") or {}).items():
-            theirs = {c["clients"]: c for c in runs}
-            for n, c in by_clients.items():
-                if n in theirs:
-                    out[f"hub_vs_transformers_serve_{name}_{n}_clients"] = \
-                        c["aggregate_tok_s"] / theirs[n]["aggregate_tok_s"]
+        for prefix, series in (("hub", hub["concurrency"]), ("hub_api", hub.get("api_concurrency") or [])):
+            out.update(concurrency_ratios(prefix, series, report.get("transformers_serve") or {}))
+    return out
+
+
+def concurrency_ratios(prefix: str, series: list[dict], serve: dict) -> dict:
+    """n clients against 1 client, and against each transformers serve run at n clients."""
+    out = {}
+    by_clients = {c["clients"]: c for c in series}
+    if 1 in by_clients:
+        for n, c in by_clients.items():
+            out[f"{prefix}_{n}_clients_vs_1"] = c["aggregate_tok_s"] / by_clients[1]["aggregate_tok_s"]
+    for name, runs in serve.items():
+        theirs = {c["clients"]: c for c in runs}
+        for n, c in by_clients.items():
+            if n in theirs:
+                out[f"{prefix}_vs_transformers_serve_{name}_{n}_clients"] = \
+                    c["aggregate_tok_s"] / theirs[n]["aggregate_tok_s"]
     return out
 
 

@@ -13,10 +13,16 @@ TARGETS = [
     ("ttft_overhead_ms", "(3) TTFT, hub − bare prefill (ms)", "≤ 50", lambda r: r <= 50),
     ("switch_cached_ms", "(4) switch to a loaded model (ms)", "≤ 50", lambda r: r <= 50),
     ("switch_cold_vs_bare", "    cold load ÷ bare from_pretrained", "≤ 1.1", lambda r: r <= 1.1),
-    ("hub_4_clients_vs_1", "(5) aggregate tok/s, 4 clients ÷ 1 client", "≥ 2.5", lambda r: r >= 2.5),
-    ("hub_vs_transformers_serve_plain_4_clients", "    4 clients ÷ transformers serve", "≥ 1", lambda r: r >= 1),
+    ("hub_4_clients_vs_1", "(5) UI (gradio_client): aggregate tok/s, 4 clients ÷ 1 client", "≥ 2.5",
+     lambda r: r >= 2.5),
+    ("hub_vs_transformers_serve_plain_4_clients", "    UI: 4 clients ÷ transformers serve", "≥ 1", lambda r: r >= 1),
     ("hub_vs_transformers_serve_continuous_batching_4_clients",
-     "    4 clients ÷ transformers serve --continuous-batching", "≥ 1", lambda r: r >= 1),
+     "    UI: 4 clients ÷ transformers serve --continuous-batching", "≥ 1", lambda r: r >= 1),
+    ("hub_api_4_clients_vs_1", "(5) API (OpenAI protocol): 4 clients ÷ 1 client", "≥ 2.5", lambda r: r >= 2.5),
+    ("hub_api_vs_transformers_serve_plain_4_clients", "    API: 4 clients ÷ transformers serve", "≥ 1",
+     lambda r: r >= 1),
+    ("hub_api_vs_transformers_serve_continuous_batching_4_clients",
+     "    API: 4 clients ÷ transformers serve --continuous-batching", "≥ 1", lambda r: r >= 1),
     ("memory_rss_vs_weights", "(6) process growth on load ÷ weight bytes", "≤ 1.2", lambda r: r <= 1.2),
 ]
 
@@ -40,7 +46,8 @@ def markdown(report: dict) -> str:
 
 
 def concurrency_table(report: dict) -> str:
-    runs = {"hub": (report.get("hub_server") or {}).get("concurrency") or []}
+    hub = report.get("hub_server") or {}
+    runs = {"hub UI (gradio_client)": hub.get("concurrency") or [], "hub API (OpenAI protocol)": hub.get("api_concurrency") or []}
     for name, series in (report.get("transformers_serve") or {}).items():
         runs["transformers serve" + (" --continuous-batching" if name == "continuous_batching" else "")] = series
     lines = ["| server | clients | aggregate tok/s | TTFT p50 (ms) | TTFT p95 (ms) |", "|---|---:|---:|---:|---:|"]
@@ -83,7 +90,8 @@ def plot(report: dict, path: Path) -> None:
     single.bar(list(bars), list(bars.values()), color=["grey", "tab:blue", "tab:green", "tab:orange"][:len(bars)])
     single.set_title("one stream: tokens/s")
     single.tick_params(axis="x", labelrotation=20)
-    series = {"hub": (report.get("hub_server") or {}).get("concurrency") or []}
+    hub_runs = report.get("hub_server") or {}
+    series = {"hub UI": hub_runs.get("concurrency") or [], "hub API": hub_runs.get("api_concurrency") or []}
     for name, runs in (report.get("transformers_serve") or {}).items():
         series["transformers serve" + (" (CB)" if name == "continuous_batching" else "")] = runs
     for name, runs in series.items():

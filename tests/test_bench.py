@@ -44,23 +44,26 @@ def test_report_has_every_section_with_finite_numbers(report):
     assert data["memory"]["tensor_bytes"] > 0 and data["memory"]["file_bytes"] > 0
 
 
-def test_hub_server_runs_concurrent_clients_through_gradio_client(report):
+def test_hub_server_runs_concurrent_clients_through_gradio_client_and_the_api(report):
     data, _, _ = report
     hub = data["hub_server"]
     assert hub["single"]["tokens"] > 0 and hub["single"]["per_request_tok_s"] > 0
-    runs = {run["clients"]: run for run in hub["concurrency"]}
-    assert set(runs) == {1, 2}
-    for n, run in runs.items():
-        assert run["requests"] == n and run["tokens"] > 0 and run["aggregate_tok_s"] > 0
-        assert 0 < run["ttft_p50_s"] <= run["ttft_p95_s"]
-    for key in ("engine_vs_bare", "server_vs_engine", "switch_cold_vs_bare", "hub_2_clients_vs_1"):
+    for series in ("concurrency", "api_concurrency"):  # the UI through gradio_client, the OpenAI-style API
+        runs = {run["clients"]: run for run in hub[series]}
+        assert set(runs) == {1, 2}
+        for n, run in runs.items():
+            assert run["requests"] == n and run["tokens"] > 0 and run["aggregate_tok_s"] > 0
+            assert 0 < run["ttft_p50_s"] <= run["ttft_p95_s"]
+    for key in ("engine_vs_bare", "server_vs_engine", "switch_cold_vs_bare", "hub_2_clients_vs_1",
+                "hub_api_2_clients_vs_1"):
         assert data["ratios"][key] > 0
 
 
 def test_table_and_plot_are_written(report):
     data, out, stdout = report
     assert "| (1) engine streaming tok/s ÷ bare generate |" in stdout
-    assert "| hub | 2 |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| hub UI (gradio_client) | 2 |" in table and "| hub API (OpenAI protocol) | 2 |" in table
     png = (out / "bench.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
