@@ -7,7 +7,8 @@ a single forward pass: on a memory-bound CPU (and on a GPU) a batch of 4 costs l
 padding in every remaining row are trimmed, so a request that ends up alone runs unpadded again.
 
 Each request keeps its own sampling (temperature, top_p, top_k, repetition penalty, seed), stop ids and
-cancel. The loop also replaces `generate()` for a single stream: it skips generate's per-step bookkeeping.
+cancel. The loop also replaces `generate()` for a single stream: it skips generate's per-step bookkeeping,
+and for Llama-shaped models each step runs the checked lean step of `demo.fastdecode`.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ One decode step of a 135M model on 2 CPU cores spends about a quarter of its tim
 products: Python glue in every module call, output dataclasses, masks, hooks, and three small
 projections where one would do. This step runs the same torch operations in the same order, with
 q/k/v and gate/up each fused into one matrix product, so its logits are bitwise those of
-`model(...)`. That is not assumed: `LeanDecode.build` runs a few steps both ways on the model and
+`model(...)`. That is not assumed: `LeanDecode.checked` runs a few steps both ways on the model and
 keeps the lean step only when every logit is equal; otherwise the loop keeps `model(...)`.
 
 The fused weights are the originals concatenated, and the original projections become views into
