@@ -73,6 +73,14 @@ def open_page(page, server, query: str = ""):
     expect(page.locator("#tabs button[role=tab][aria-selected=true]")).to_have_text(tab)
 
 
+def panes_shown(page, visible: list[bool]):
+    """Wait until the Compare panes are shown as expected: the page's load handler sets them after the tab
+    bar appears, so an immediate look can catch the panes of the default layout."""
+    for k, shown in enumerate(visible):
+        pane = expect(page.locator(f"#compare-pane-{k}"))
+        pane.to_be_visible() if shown else pane.to_be_hidden()
+
+
 def selected_tab(page) -> str:
     return page.locator("button[role=tab][aria-selected=true]").inner_text().strip()
 
@@ -107,8 +115,8 @@ def tokens_of(pane: dict) -> int:
 def test_compare_three_models_stream_at_once(page, server):
     open_page(page, server, "?compare=smollm2-135m,tiny-a,tiny-b")
     assert selected_tab(page) == "Compare"
-    assert [page.locator(f"#compare-pane-{k}").is_visible() for k in range(4)] == [True, True, True, False]
-    assert page.locator("#compare-chat-1 label").first.inner_text().strip() == "tiny-a"
+    panes_shown(page, [True, True, True, False])
+    expect(page.locator("#compare-chat-1 label").first).to_have_text(re.compile(r"^\s*tiny-a\s*$"))
     send(page, "#compare-input", "Say hello in one sentence.")
     seen = watch_panes(page, 3, lambda panes: all(finished(p) for p in panes))
     final = seen[-1]
@@ -233,7 +241,7 @@ def test_links_preselect_the_compare_set_and_the_chat_model(page, server):
     assert selected_tab(page) == "Compare"
     chosen = page.locator("#compare-models").inner_text()
     assert "(tiny-b)" in chosen and "(tiny-a)" in chosen and "smollm2" not in chosen
-    assert [page.locator(f"#compare-pane-{k}").is_visible() for k in range(4)] == [True, True, False, False]
+    panes_shown(page, [True, True, False, False])
 
     open_page(page, server, "?compare=tiny-a,nope")
     page.wait_for_selector("#compare-status :text('Unknown model nope')")
