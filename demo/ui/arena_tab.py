@@ -8,6 +8,7 @@ import gradio as gr
 from ..arena import LABELS
 from ..hub import Hub
 from . import arena_handlers as h
+from .widgets import message_row
 
 
 def build_arena_tab(hub: Hub) -> dict:
@@ -17,11 +18,7 @@ def build_arena_tab(hub: Hub) -> dict:
     with gr.Row(equal_height=True):
         chatbots = [gr.Chatbot(label=f"Model {side}", height=420, elem_id=f"arena-chat-{side.lower()}")
                     for side in h.SIDES]
-    with gr.Row():
-        message = gr.Textbox(placeholder="Message for both models (Enter to send)", show_label=False, scale=6,
-                             elem_id="arena-input", max_lines=8)
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="arena-send")
-        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="arena-stop")
+    message, send, stop = message_row("arena", "Message for both models (Enter to send)")
     with gr.Row():
         votes = {key: gr.Button(label, elem_id=f"arena-vote-{key.replace('_', '-')}") for key, label in LABELS.items()}
     with gr.Row():

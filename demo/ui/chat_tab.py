@@ -8,6 +8,7 @@ import gradio as gr
 from ..hub import Hub
 from . import chat_handlers as h
 from . import share_handlers
+from .widgets import message_row
 
 
 def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
@@ -18,11 +19,7 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
         status = gr.Markdown(elem_id="chat-status")
     chatbot = gr.Chatbot(label="Conversation", height=480, buttons=["copy", "copy_all"], elem_id="chatbot",
                          render_markdown=True, placeholder="Pick a model and say hello.")
-    with gr.Row():
-        message = gr.Textbox(placeholder="Message (Enter to send)", show_label=False, scale=6,
-                             elem_id="chat-input", max_lines=8)
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-        stop = gr.Button("Stop", variant="stop", scale=1, elem_id="chat-stop")
+    message, send, stop = message_row("chat", "Message (Enter to send)")
     with gr.Row():
         retry = gr.Button("Regenerate", size="sm", elem_id="chat-retry")
         undo = gr.Button("Undo", size="sm", elem_id="chat-undo")

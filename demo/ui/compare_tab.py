@@ -10,6 +10,7 @@ from ..hub import Hub
 from ..params import GenerationParams
 from . import compare_handlers as h
 from . import share_handlers
+from .widgets import message_row
 
 
 def build_compare_tab(hub: Hub) -> dict:
@@ -26,10 +27,8 @@ def build_compare_tab(hub: Hub) -> dict:
                 footers.append(gr.Markdown(elem_id=f"compare-stats-{k}"))
                 stops.append(gr.Button("Stop", size="sm", variant="stop", elem_id=f"compare-stop-{k}"))
             columns.append(column)
-    with gr.Row():
-        message = gr.Textbox(placeholder="One message for all models (Enter to send)", show_label=False, scale=6,
-                             elem_id="compare-input", max_lines=8)
-        send = gr.Button("Send", variant="primary", scale=1, elem_id="compare-send")
+    # no row-wide Stop: each pane has its own
+    message, send, _ = message_row("compare", "One message for all models (Enter to send)", stop=False)
     with gr.Row():
         retry = gr.Button("Regenerate all", size="sm", elem_id="compare-retry")
         clear = gr.Button("Clear all", size="sm", elem_id="compare-clear")
