@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from tests.app_server import BROKEN, DEFAULT, GONE, MISSING_GGUF, TINY
+from tests.browser import launch_chromium
+from tests.browser import send as send_to
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 REPLY_TIMEOUT_MS = 240_000  # a bound against hangs (a first reply loads its model), not a speed check
 STOPPED_TIMEOUT_MS = 60_000  # after Stop the engine ends within a step or two; this only bounds a hang
 STATES = {"unavailable", "not loaded", "loading", "ready", "error"}
@@ -48,12 +46,7 @@ REPLY_FINISHED = """(count) => {
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `bash scripts/setup.sh test` installs Debian's chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture
@@ -69,19 +62,7 @@ def page(browser, hub_server):
 
 
 def send(page: Page, text: str) -> None:
-    """Type and press Enter; once the app takes the message it empties the box. On a loaded machine the
-    page can show the box before Gradio has bound its events, and that first Enter is lost: press again."""
-    box = page.locator("#chat-input textarea")
-    box.fill(text)
-    for _ in range(3):
-        box.press("Enter")
-        try:
-            page.wait_for_function("() => document.querySelector('#chat-input textarea').value === ''",
-                                   timeout=15_000)
-            return
-        except PlaywrightTimeoutError:
-            continue
-    raise AssertionError(f"the page never took the message {text!r}")
+    send_to(page, "#chat-input", text)
 
 
 def wait_for_reply(page: Page, count: int, timeout_ms: float = REPLY_TIMEOUT_MS) -> str:

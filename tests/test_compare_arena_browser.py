@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import launch_chromium, send
 from tests.hubserver import HubServer, smollm_entry, tiny_entry, tiny_models, write_registry
 
 pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SHOTS = os.environ.get("HUB_SCREENSHOTS")
 
 # Everything on screen for the panes in one round trip: reply lengths and stats lines.
@@ -48,12 +46,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture
@@ -83,11 +76,6 @@ def panes_shown(page, visible: list[bool]):
 
 def selected_tab(page) -> str:
     return page.locator("button[role=tab][aria-selected=true]").inner_text().strip()
-
-
-def send(page, box: str, text: str):
-    page.fill(f"{box} textarea", text)
-    page.press(f"{box} textarea", "Enter")
 
 
 def watch_panes(page, n: int, until, timeout_s: float = 90, on_step=None) -> list[list[dict]]:
