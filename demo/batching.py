@@ -18,9 +18,8 @@ import logging
 import os
 import queue
 import threading
-import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

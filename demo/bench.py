@@ -96,12 +96,6 @@ def greedy(loaded: LoadedModel, new_tokens: int):
 
 
 # -- (1) single stream ----------------------------------------------------------------------------
-def on_worker_thread(fn, *args):
-    """Run a baseline on a fresh thread, as the engine runs its producers: a thread that ends with its
-    work, so no OpenMP pool outlives it and every variant runs with the same single pool (demo.threads)."""
-    return on_own_thread(fn, *args)
-
-
 def bare_generate(loaded: LoadedModel, prompt, new_tokens: int) -> tuple[list[int], float]:
     ids = torch.tensor([prompt.input_ids], device=loaded.device)
     stops = prompt.stop_token_ids
@@ -133,13 +127,15 @@ def generate_path(loaded: LoadedModel):
 
 def single_stream(loaded: LoadedModel, message: str, config: BenchConfig) -> dict:
     prompt = build_prompt(loaded, message, config.new_tokens)
-    on_worker_thread(bare_generate, loaded, prompt, 4)  # warm-up: first calls allocate
+    # Baselines run on a thread that ends with them, as the hub's loads and decode loop do, so every
+    # variant runs with one OpenMP pool alive (demo.threads).
+    on_own_thread(bare_generate, loaded, prompt, 4)  # warm-up: first calls allocate
     engine_run(loaded, message, 4)
     rates = {"bare_generate": [], "engine": [], "engine_generate_path": []}
     equal = {"engine": True, "engine_generate_path": True}
     tokens = 0
     for _ in range(config.repeats):  # interleaved, so load from elsewhere hits every variant alike
-        reference, seconds = on_worker_thread(bare_generate, loaded, prompt, config.new_tokens)
+        reference, seconds = on_own_thread(bare_generate, loaded, prompt, config.new_tokens)
         tokens = len(reference)
         rates["bare_generate"].append(len(reference) / seconds)
         for name in ("engine", "engine_generate_path"):
@@ -171,7 +167,7 @@ def first_token(loaded: LoadedModel, message: str, repeats: int) -> dict:
     prompt = build_prompt(loaded, message, 2)
     bare, hub, hub_generate = [], [], []
     for _ in range(max(3, repeats)):
-        bare.append(on_worker_thread(bare_prefill, loaded, prompt))
+        bare.append(on_own_thread(bare_prefill, loaded, prompt))
         hub.append(engine_run(loaded, message, 2)[2])
         with generate_path(loaded):
             hub_generate.append(engine_run(loaded, message, 2)[2])
@@ -206,7 +202,7 @@ def switch(manager: ModelManager, entry: ModelEntry, first_load_s: float) -> tup
         started = time.perf_counter()
         manager.get(entry.id)
         cached.append(time.perf_counter() - started)
-    bare = on_worker_thread(bare_load, entry)  # like the hub, which loads on a thread of its own
+    bare = on_own_thread(bare_load, entry)  # like the hub, which loads on a thread of its own
     manager.unload(entry.id)  # frees and trims the C heap, so the process shrinks back
     rss_before = rss_bytes()
     started = time.perf_counter()

@@ -16,6 +16,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import rotate_half  # the same function in every family here
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,6 @@ class LeanDecode:
     def __init__(self, model, layers: list[dict]):
         self.model, self.layers = model, layers
         self.inner = model.model
-        self.eps = model.config.rms_norm_eps
 
     # -- building and checking -------------------------------------------------------------------
     @classmethod
@@ -83,23 +83,23 @@ class LeanDecode:
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [rows, 1, 1, head_dim]: over the heads of q and k
         for fused, cache_layer in zip(self.layers, cache.layers):
             hidden = self._layer(hidden, fused, cache_layer, cos, sin, row_lengths)
-        hidden = _rms_norm(hidden, self.inner.norm.weight, self.inner.norm.variance_epsilon)
+        hidden = _norm(self.inner.norm, hidden)
         return self.model.lm_head(hidden[:, -1:, :])[:, -1, :]
 
     def _layer(self, hidden, fused, cache_layer, cos, sin, row_lengths):
         attention, rows, head_dim = fused["attention"], hidden.shape[0], fused["head_dim"]
-        x = _rms_norm(hidden, fused["norm_in"], self.eps)
+        x = _norm(fused["norm_in"], hidden)
         qk, v = fused["qkv"].forward(x).split(fused["qk_v_sizes"], dim=-1)
         # q and k rotated in one go: the same elementwise products and sums, on fewer, larger tensors
         qk = qk.view(rows, 1, -1, head_dim)
-        qk = qk * cos + _rotate_half(qk) * sin
+        qk = qk * cos + rotate_half(qk) * sin
         q, k = qk.transpose(1, 2).split(fused["q_k_heads"], dim=1)
         v = v.view(rows, 1, -1, head_dim).transpose(1, 2)
         cache_layer.keys = torch.cat([cache_layer.keys, k], dim=-2)
         cache_layer.values = torch.cat([cache_layer.values, v], dim=-2)
         out = _rowwise_sdpa(attention, q, cache_layer.keys, cache_layer.values, row_lengths)
         hidden = hidden + fused["o"].forward(out.reshape(rows, 1, -1).contiguous())
-        x = _rms_norm(hidden, fused["norm_post"], self.eps)
+        x = _norm(fused["norm_post"], hidden)
         gate, up = fused["gate_up"].forward(x).split(fused["mlp_sizes"], dim=-1)
         return hidden + fused["down"].forward(fused["act"](gate) * up)
 
@@ -151,8 +151,7 @@ def _fuse(layer) -> dict:
     # Modules are called through .forward: no hooks are set (see _eligible), and the row-consistency
     # probe of the loop may have replaced a forward with a chunked one.
     return {"attention": a, "o": a.o_proj, "down": mlp.down_proj, "head_dim": a.head_dim, "act": mlp.act_fn,
-            "norm_in": layer.input_layernorm.weight,
-            "norm_post": layer.post_attention_layernorm.weight,
+            "norm_in": layer.input_layernorm, "norm_post": layer.post_attention_layernorm,
             "qkv": _fused_linear([a.q_proj, a.k_proj, a.v_proj]), "qk_v_sizes": [q + k, v],
             "q_k_heads": [q // a.head_dim, k // a.head_dim],
             "gate_up": _fused_linear([mlp.gate_proj, mlp.up_proj]),
@@ -178,15 +177,6 @@ def _fused_linear(linears: list[torch.nn.Linear]) -> torch.nn.Linear:
     return fused
 
 
-def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """LlamaRMSNorm's operations, in its order (any other order rounds differently)."""
-    dtype = hidden.dtype
-    hidden = hidden.to(torch.float32)
-    variance = hidden.pow(2).mean(-1, keepdim=True)
-    hidden = hidden * torch.rsqrt(variance + eps)
-    return weight * hidden.to(dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _norm(norm, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's own RMSNorm, called as forward() calls it (no hooks are set, see _eligible)."""
+    return norm.forward(hidden)
