@@ -65,10 +65,10 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     log("model switch ...")
     del loaded
     report["switch"], report["memory"] = switch(manager, config.entry, first_load_s)
-    manager.unload(config.entry.id)
     if config.hub_server:
         log("the hub server through gradio_client ...")
-        report["hub_server"] = hub_server(config, message)
+        report["hub_server"] = hub_server(config, message, manager.get(config.entry.id))
+    manager.unload(config.entry.id)
     if config.transformers_serve:
         report["transformers_serve"] = transformers_serve(config, message, manager, log)
     report["ratios"] = ratios(report)
@@ -231,7 +231,13 @@ def memory_of(loaded: LoadedModel, entry: ModelEntry, rss_growth: int) -> dict:
 
 
 # -- (2) and (5): servers ----------------------------------------------------------------------------------
-def hub_server(config: BenchConfig, message: str) -> dict:
+def hub_server(config: BenchConfig, message: str, loaded: LoadedModel) -> dict:
+    """The hub as a server process: one client through the Chat UI and the API, then 1..N at once.
+
+    The single-client requests alternate with the engine alone (`loaded`, in this process, while the
+    server idles), and (2) compares them: this VM's speed drifts by 10-20% over minutes, and measuring
+    both within the same minute keeps that drift out of the ratio.
+    """
     import yaml
 
     folder = Path(tempfile.mkdtemp(prefix="bench-hub-"))
@@ -242,15 +248,21 @@ def hub_server(config: BenchConfig, message: str) -> dict:
     url = f"http://127.0.0.1:{port}/"
     with servers.server(servers.hub_command(registry, port), url, config.out / "hub-server.log"):
         clients = [servers.HubClient(url, config.entry.id) for _ in range(max(config.clients))]
-        clients[0].request(message, 4)  # warm-up
-        single = [clients[0].request(message, config.new_tokens) for _ in range(config.repeats)]
-        result = {"single": servers.summarize(single, 1)}
-        result["concurrency"] = [servers.concurrent(clients[:n], message, config.new_tokens, config.rounds)
-                                 for n in config.clients]
         # The same server through its OpenAI-compatible API: the client and protocol transformers serve is
         # measured with, so this series is the like-for-like comparison with it.
         api = [servers.OpenAIClient(url, config.entry.id) for _ in range(max(config.clients))]
-        api[0].request(message, 4)  # warm-up
+        clients[0].request(message, 4)  # warm-ups
+        api[0].request(message, 4)
+        engine, single, api_single = [], [], []
+        for _ in range(config.repeats):
+            last, seconds, _ = engine_run(loaded, message, config.new_tokens)
+            engine.append(last.stats.new_tokens / seconds)
+            single.append(clients[0].request(message, config.new_tokens))
+            api_single.append(api[0].request(message, config.new_tokens))
+        result = {"single": servers.summarize(single, 1), "api_single": servers.summarize(api_single, 1),
+                  "engine_alone_tok_s": statistics.median(engine), "engine_alone_samples": engine}
+        result["concurrency"] = [servers.concurrent(clients[:n], message, config.new_tokens, config.rounds)
+                                 for n in config.clients]
         result["api_concurrency"] = [servers.concurrent(api[:n], message, config.new_tokens, config.rounds)
                                      for n in config.clients]
     return result
@@ -312,7 +324,10 @@ def ratios(report: dict) -> dict:
     out["memory_rss_vs_weights"] = memory["rss_growth_bytes"] / memory["tensor_bytes"]
     hub = report.get("hub_server")
     if hub:
-        out["server_vs_engine"] = hub["single"]["per_request_tok_s"] / single["engine_tok_s"]
+        engine = hub.get("engine_alone_tok_s") or single["engine_tok_s"]  # older reports: no interleaved runs
+        out["server_vs_engine"] = hub["single"]["per_request_tok_s"] / engine
+        if hub.get("api_single"):
+            out["server_api_vs_engine"] = hub["api_single"]["per_request_tok_s"] / engine
         for prefix, series in (("hub", hub["concurrency"]), ("hub_api", hub.get("api_concurrency") or [])):
             out.update(concurrency_ratios(prefix, series, report.get("transformers_serve") or {}))
     return out

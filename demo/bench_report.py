@@ -9,7 +9,8 @@ from pathlib import Path
 TARGETS = [
     ("engine_vs_bare", "(1) engine streaming tok/s ÷ bare generate", "≥ 0.97", lambda r: r >= 0.97),
     ("engine_vs_bare", "    faster decode path ÷ bare generate", "≥ 1.3", lambda r: r >= 1.3),
-    ("server_vs_engine", "(2) hub over HTTP (gradio_client) ÷ engine", "≥ 0.90", lambda r: r >= 0.90),
+    ("server_vs_engine", "(2) hub through the UI (gradio_client) ÷ engine", "≥ 0.90", lambda r: r >= 0.90),
+    ("server_api_vs_engine", "    hub through the API ÷ engine", "≥ 0.90", lambda r: r >= 0.90),
     ("ttft_overhead_ms", "(3) TTFT, hub − bare prefill (ms)", "≤ 50", lambda r: r <= 50),
     ("switch_cached_ms", "(4) switch to a loaded model (ms)", "≤ 50", lambda r: r <= 50),
     ("switch_cold_vs_bare", "    cold load ÷ bare from_pretrained", "≤ 1.1", lambda r: r <= 1.1),
@@ -60,11 +61,10 @@ def concurrency_table(report: dict) -> str:
 
 def details(report: dict) -> str:
     s, t, w, m = report["single_stream"], report["ttft"], report["switch"], report["memory"]
-    hub = (report.get("hub_server") or {}).get("single")
     parts = [f"Single stream ({s['tokens']} new tokens, prompt {report['prompt_tokens']} tokens): bare generate "
              f"{s['bare_generate_tok_s']:.1f} tok/s, engine {s['engine_tok_s']:.1f}, engine through generate() "
-             f"{s['engine_generate_path_tok_s']:.1f}" + (f", hub over HTTP {hub['per_request_tok_s']:.1f}" if hub else "")
-             + f"; greedy output equal to bare generate: {s['greedy_equal_to_bare']}.",
+             f"{s['engine_generate_path_tok_s']:.1f}; greedy output equal to bare generate: "
+             f"{s['greedy_equal_to_bare']}.", *server_details(report.get("hub_server") or {}),
              f"TTFT: bare prefill {t['bare_prefill_s'] * 1000:.0f} ms, hub {t['hub_ttft_s'] * 1000:.0f} ms "
              f"(through generate(): {t['hub_generate_path_ttft_s'] * 1000:.0f} ms).",
              f"Switch: cached {w['cached_s'] * 1e6:.0f} µs, cold {w['cold_s']:.1f} s, bare from_pretrained "
@@ -72,6 +72,18 @@ def details(report: dict) -> str:
              f"Memory: {m['model']} holds {m['tensor_bytes'] / 2**20:.0f} MiB of tensors ({m['dtype']}); the process "
              f"grew {m['rss_growth_bytes'] / 2**20:.0f} MiB on load; weight files {m['file_bytes'] / 2**20:.0f} MiB."]
     return "\n\n".join(parts)
+
+
+def server_details(hub: dict) -> list[str]:
+    if not hub.get("single"):
+        return []
+    line = f"One client of the hub server: through the UI {hub['single']['per_request_tok_s']:.1f} tok/s"
+    if hub.get("api_single"):
+        line += f", through the API {hub['api_single']['per_request_tok_s']:.1f}"
+    if hub.get("engine_alone_tok_s"):
+        line += (f"; the engine alone, run in turn with them while the server idled, "
+                 f"{hub['engine_alone_tok_s']:.1f}")
+    return [line + "."]
 
 
 def plot(report: dict, path: Path) -> None:
@@ -84,10 +96,12 @@ def plot(report: dict, path: Path) -> None:
     s = report["single_stream"]
     bars = {"bare generate": s["bare_generate_tok_s"], "engine (generate)": s["engine_generate_path_tok_s"],
             "engine (batched loop)": s["engine_tok_s"]}
-    hub = (report.get("hub_server") or {}).get("single")
-    if hub:
-        bars["hub over HTTP"] = hub["per_request_tok_s"]
-    single.bar(list(bars), list(bars.values()), color=["grey", "tab:blue", "tab:green", "tab:orange"][:len(bars)])
+    hub = report.get("hub_server") or {}
+    for key, name in (("single", "hub UI"), ("api_single", "hub API")):
+        if hub.get(key):
+            bars[name] = hub[key]["per_request_tok_s"]
+    single.bar(list(bars), list(bars.values()),
+               color=["grey", "tab:blue", "tab:green", "tab:orange", "tab:red"][:len(bars)])
     single.set_title("one stream: tokens/s")
     single.tick_params(axis="x", labelrotation=20)
     hub_runs = report.get("hub_server") or {}

@@ -47,15 +47,20 @@ def test_report_has_every_section_with_finite_numbers(report):
 def test_hub_server_runs_concurrent_clients_through_gradio_client_and_the_api(report):
     data, _, _ = report
     hub = data["hub_server"]
-    assert hub["single"]["tokens"] > 0 and hub["single"]["per_request_tok_s"] > 0
+    for key in ("single", "api_single"):  # one client, through the UI and through the API
+        assert hub[key]["tokens"] > 0 and hub[key]["per_request_tok_s"] > 0
+    # the engine alone, run in this process in turn with those requests: the baseline of (2)
+    assert len(hub["engine_alone_samples"]) == 1 and hub["engine_alone_tok_s"] > 0
+    assert data["ratios"]["server_vs_engine"] == pytest.approx(
+        hub["single"]["per_request_tok_s"] / hub["engine_alone_tok_s"])
     for series in ("concurrency", "api_concurrency"):  # the UI through gradio_client, the OpenAI-style API
         runs = {run["clients"]: run for run in hub[series]}
         assert set(runs) == {1, 2}
         for n, run in runs.items():
             assert run["requests"] == n and run["tokens"] > 0 and run["aggregate_tok_s"] > 0
             assert 0 < run["ttft_p50_s"] <= run["ttft_p95_s"]
-    for key in ("engine_vs_bare", "server_vs_engine", "switch_cold_vs_bare", "hub_2_clients_vs_1",
-                "hub_api_2_clients_vs_1"):
+    for key in ("engine_vs_bare", "server_vs_engine", "server_api_vs_engine", "switch_cold_vs_bare",
+                "hub_2_clients_vs_1", "hub_api_2_clients_vs_1"):
         assert data["ratios"][key] > 0
 
 
