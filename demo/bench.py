@@ -64,7 +64,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     report["ttft"] = first_token(loaded, message, config.repeats)
     log("model switch ...")
     del loaded
-    report["switch"], report["memory"] = switch(manager, config.entry, first_load_s)
+    report["switch"], report["memory"] = switch(manager, config.entry, first_load_s, config.repeats)
     if config.hub_server:
         log("the hub server through gradio_client ...")
         report["hub_server"] = hub_server(config, message, manager.get(config.entry.id))
@@ -195,22 +195,29 @@ def bare_load(entry: ModelEntry) -> float:
     return seconds
 
 
-def switch(manager: ModelManager, entry: ModelEntry, first_load_s: float) -> tuple[dict, dict]:
-    """Switch times, and the memory taken by the cold reload (libraries are imported by then)."""
+def switch(manager: ModelManager, entry: ModelEntry, first_load_s: float, repeats: int) -> tuple[dict, dict]:
+    """Switch times, and the memory taken by a cold reload (libraries are imported by then).
+
+    Cold loads alternate with bare loads, `repeats` pairs, and each side's median is compared: one pair
+    on this VM moves by ±10%."""
     cached = []
     for _ in range(200):
         started = time.perf_counter()
         manager.get(entry.id)
         cached.append(time.perf_counter() - started)
-    bare = on_own_thread(bare_load, entry)  # like the hub, which loads on a thread of its own
-    manager.unload(entry.id)  # frees and trims the C heap, so the process shrinks back
-    rss_before = rss_bytes()
-    started = time.perf_counter()
-    loaded = manager.get(entry.id)  # cold again, with the files as warm in the page cache as the bare load had them
-    cold = time.perf_counter() - started
-    memory = memory_of(loaded, entry, rss_bytes() - rss_before)
-    return {"cached_s": statistics.median(cached), "cold_s": cold, "first_cold_s": first_load_s,
-            "bare_from_pretrained_s": bare}, memory
+    bare, cold, memory = [], [], {}
+    for _ in range(repeats):
+        bare.append(on_own_thread(bare_load, entry))  # like the hub, which loads on a thread of its own
+        manager.unload(entry.id)  # frees and trims the C heap, so the process shrinks back
+        rss_before = rss_bytes()
+        started = time.perf_counter()
+        loaded = manager.get(entry.id)  # cold again, the files as warm in the page cache as the bare load had them
+        cold.append(time.perf_counter() - started)
+        memory = memory_of(loaded, entry, rss_bytes() - rss_before)
+        del loaded
+    return {"cached_s": statistics.median(cached), "cold_s": statistics.median(cold), "first_cold_s": first_load_s,
+            "bare_from_pretrained_s": statistics.median(bare), "cold_samples_s": cold,
+            "bare_samples_s": bare}, memory
 
 
 # -- (6) memory ----------------------------------------------------------------------------------------
@@ -261,10 +268,10 @@ def hub_server(config: BenchConfig, message: str, loaded: LoadedModel) -> dict:
             api_single.append(api[0].request(message, config.new_tokens))
         result = {"single": servers.summarize(single, 1), "api_single": servers.summarize(api_single, 1),
                   "engine_alone_tok_s": statistics.median(engine), "engine_alone_samples": engine}
-        result["concurrency"] = [servers.concurrent(clients[:n], message, config.new_tokens, config.rounds)
-                                 for n in config.clients]
-        result["api_concurrency"] = [servers.concurrent(api[:n], message, config.new_tokens, config.rounds)
-                                     for n in config.clients]
+        result["concurrency"] = servers.series(clients, config.clients, message, config.new_tokens,
+                                               config.rounds, config.repeats)
+        result["api_concurrency"] = servers.series(api, config.clients, message, config.new_tokens,
+                                                   config.rounds, config.repeats)
     return result
 
 
@@ -286,9 +293,9 @@ def transformers_serve(config: BenchConfig, message: str, manager: ModelManager,
         with servers.server(command, url + "/health", config.out / f"transformers-serve-{name}.log"):
             client = servers.OpenAIClient(url, str(folder))
             client.request(message, 4)  # warm-up: the first request loads nothing (forced model) but allocates
-            results[name] = [servers.concurrent([servers.OpenAIClient(url, str(folder)) for _ in range(n)],
-                                                message, config.new_tokens, config.rounds)
-                             for n in config.clients]
+            clients = [servers.OpenAIClient(url, str(folder)) for _ in range(max(config.clients))]
+            results[name] = servers.series(clients, config.clients, message, config.new_tokens, config.rounds,
+                                           config.repeats)
     return results
 
 

@@ -216,6 +216,21 @@ def concurrent(clients: list, message: str, new_tokens: int, rounds: int) -> dic
     return summarize(samples, len(clients))
 
 
+def series(clients: list, counts, message: str, new_tokens: int, rounds: int, repeats: int) -> list[dict]:
+    """`concurrent` at each client count, `repeats` times, the counts interleaved so that drift in the
+    machine's speed hits them alike; for each count, the run with the median aggregate tok/s."""
+    runs = {n: [] for n in counts}
+    for _ in range(repeats):
+        for n in counts:
+            runs[n].append(concurrent(clients[:n], message, new_tokens, rounds))
+    return [median_run(runs[n]) for n in counts]
+
+
+def median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda run: run["aggregate_tok_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "aggregate_tok_s_samples": [r["aggregate_tok_s"] for r in runs]}
+
+
 def summarize(samples: list[Sample], clients: int) -> dict:
     span = max(s.ended for s in samples) - min(s.started for s in samples)
     ttfts = sorted(s.ttft_s for s in samples)

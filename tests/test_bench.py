@@ -41,6 +41,7 @@ def test_report_has_every_section_with_finite_numbers(report):
     assert single["greedy_equal_to_bare"] == {"engine": True, "engine_generate_path": True}
     assert data["ttft"]["bare_prefill_s"] > 0 and data["ttft"]["hub_ttft_s"] > 0
     assert data["switch"]["cold_s"] > 0 and data["switch"]["bare_from_pretrained_s"] > 0
+    assert len(data["switch"]["cold_samples_s"]) == len(data["switch"]["bare_samples_s"]) == 1
     assert data["memory"]["tensor_bytes"] > 0 and data["memory"]["file_bytes"] > 0
 
 
@@ -59,6 +60,7 @@ def test_hub_server_runs_concurrent_clients_through_gradio_client_and_the_api(re
         for n, run in runs.items():
             assert run["requests"] == n and run["tokens"] > 0 and run["aggregate_tok_s"] > 0
             assert 0 < run["ttft_p50_s"] <= run["ttft_p95_s"]
+            assert run["aggregate_tok_s_samples"] == [run["aggregate_tok_s"]]  # --repeats 1: one run each
     for key in ("engine_vs_bare", "server_vs_engine", "server_api_vs_engine", "switch_cold_vs_bare",
                 "hub_2_clients_vs_1", "hub_api_2_clients_vs_1"):
         assert data["ratios"][key] > 0
@@ -78,3 +80,18 @@ def test_bad_options_are_clear_errors(capsys):
 
     assert main(["bench", "--clients", "1,x"]) == 2
     assert "--clients takes comma-separated integers" in capsys.readouterr().err
+
+
+def test_series_keeps_the_median_run_of_each_client_count(monkeypatch):
+    from demo import bench_servers
+
+    rates = iter([10.0, 20.0, 30.0, 40.0, 25.0, 60.0])  # repeats interleave the counts: 1, 2, 1, 2, 1, 2
+
+    def fake_concurrent(clients, message, new_tokens, rounds):
+        return {"clients": len(clients), "aggregate_tok_s": next(rates)}
+
+    monkeypatch.setattr(bench_servers, "concurrent", fake_concurrent)
+    runs = bench_servers.series(["a", "b"], [1, 2], "hi", 4, 1, 3)
+    assert [run["clients"] for run in runs] == [1, 2]
+    assert runs[0]["aggregate_tok_s"] == 25.0 and runs[0]["aggregate_tok_s_samples"] == [10.0, 30.0, 25.0]
+    assert runs[1]["aggregate_tok_s"] == 40.0 and runs[1]["aggregate_tok_s_samples"] == [20.0, 40.0, 60.0]
