@@ -125,21 +125,33 @@ def generate_path(loaded: LoadedModel):
         loaded.batcher = saved
 
 
+def alone(loaded: LoadedModel) -> LoadedModel:
+    """`loaded` with its decode loop's thread ended, so what runs next has the only OpenMP pool.
+
+    The loop's thread idles for 2 s before it ends. A baseline that starts within those 2 s shares the
+    cores with a second pool, and pays for it (demo.threads): a bare prefill measured 167 ms then, against
+    114 ms once the loop had ended. The hub's next request starts a fresh loop thread, as after any idle
+    pause."""
+    if loaded.batcher:
+        loaded.batcher.close(wait_s=10.0)
+    return loaded
+
+
 def single_stream(loaded: LoadedModel, message: str, config: BenchConfig) -> dict:
     prompt = build_prompt(loaded, message, config.new_tokens)
-    # Baselines run on a thread that ends with them, as the hub's loads and decode loop do, so every
-    # variant runs with one OpenMP pool alive (demo.threads).
+    # Baselines run on a thread that ends with them, as the hub's loads and decode loop do, and after the
+    # loop's thread has ended, so every variant runs with one OpenMP pool alive (demo.threads).
     on_own_thread(bare_generate, loaded, prompt, 4)  # warm-up: first calls allocate
     engine_run(loaded, message, 4)
     rates = {"bare_generate": [], "engine": [], "engine_generate_path": []}
     equal = {"engine": True, "engine_generate_path": True}
     tokens = 0
     for _ in range(config.repeats):  # interleaved, so load from elsewhere hits every variant alike
-        reference, seconds = on_own_thread(bare_generate, loaded, prompt, config.new_tokens)
+        reference, seconds = on_own_thread(bare_generate, alone(loaded), prompt, config.new_tokens)
         tokens = len(reference)
         rates["bare_generate"].append(len(reference) / seconds)
         for name in ("engine", "engine_generate_path"):
-            with generate_path(loaded) if name == "engine_generate_path" else _nothing():
+            with generate_path(alone(loaded)) if name == "engine_generate_path" else _nothing():
                 last, seconds, _ = engine_run(loaded, message, config.new_tokens)
             rates[name].append(last.stats.new_tokens / seconds)
             equal[name] = equal[name] and last.output_ids == reference
@@ -167,9 +179,9 @@ def first_token(loaded: LoadedModel, message: str, repeats: int) -> dict:
     prompt = build_prompt(loaded, message, 2)
     bare, hub, hub_generate = [], [], []
     for _ in range(max(3, repeats)):
-        bare.append(on_own_thread(bare_prefill, loaded, prompt))
-        hub.append(engine_run(loaded, message, 2)[2])
-        with generate_path(loaded):
+        bare.append(on_own_thread(bare_prefill, alone(loaded), prompt))
+        hub.append(engine_run(loaded, message, 2)[2])  # starts the loop's thread afresh
+        with generate_path(alone(loaded)):
             hub_generate.append(engine_run(loaded, message, 2)[2])
     b, h, g = (statistics.median(x) for x in (bare, hub, hub_generate))
     return {"bare_prefill_s": b, "hub_ttft_s": h, "overhead_s": h - b, "hub_generate_path_ttft_s": g,

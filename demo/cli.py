@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in tokens (about)")
     bench.add_argument("--new-tokens", type=int, default=128, help="tokens to generate per request")
     bench.add_argument("--clients", default="1,2,4,8", help="concurrent client counts, comma separated")
-    bench.add_argument("--repeats", type=int, default=3, help="single-stream repeats (medians are reported)")
+    bench.add_argument("--repeats", type=int, default=3, help="repeats of every measurement, interleaved (medians are reported)")
     bench.add_argument("--rounds", type=int, default=1, help="requests per client in the concurrency runs")
     bench.add_argument("--out", default="bench-results", help="output folder")
     bench.add_argument("--no-server", action="store_true", help="skip the hub server (2) and (5)")
