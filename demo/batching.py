@@ -120,12 +120,13 @@ def _agreeing_rows(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> 
     (49,152 outputs a row) gets 2, which keeps its probe to a tenth of a second."""
     trials = max(2, min(trials, -(-trials * 4096 // linear.out_features)))
     weight = linear.weight
+    device = "cpu" if weight.is_meta else weight.device  # a packed Linear's plain weight is freed (demo.prepack)
     generator = torch.Generator(device="cpu").manual_seed(0)
     agreeing = max_batch
     for _ in range(trials):
         shape = (max_batch, 1, linear.in_features)
         x = torch.randn(shape, generator=generator) * torch.exp(3 * torch.randn(shape, generator=generator))
-        x = x.to(weight.device, weight.dtype)
+        x = x.to(device, weight.dtype)
         # forward(), not __call__: a probe is no real step, so the module's hooks must not see it
         alone = torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)])
         for rows in range(2, agreeing + 1):  # every first-`rows` batch against the same rows alone
@@ -164,6 +165,11 @@ class BatchedDecoder:
         self.model, self.max_batch = model, max_batch
         rowwise_attention(model)
         lean = LeanDecode.fuse(model) if LEAN_DECODE else None
+        self.packed = lean.prepack() if lean is not None else 0
+        if self.packed:
+            from .manager import trim_c_heap
+
+            trim_c_heap()  # the plain weights just freed go back to the system
         self.split_linears = row_consistent_linears(model, max_batch, lean.linears() if lean else ())
         self.lean = lean if lean is not None and lean.checked() else None
         self.pending: queue.Queue = queue.Queue()

@@ -8,7 +8,8 @@ q/k/v and gate/up each fused into one matrix product, so its logits are bitwise 
 keeps the lean step only when every logit is equal; otherwise the loop keeps `model(...)`.
 
 The fused weights are the originals concatenated, and the original projections become views into
-them, so no weight is held twice.
+them, so no weight is held twice. Where the CPU has the kernels, `prepack` then hands every projection
+to oneDNN's packed layout (demo.prepack), again only where the products stay bitwise equal.
 """
 from __future__ import annotations
 
@@ -33,6 +34,23 @@ class LeanDecode:
     def fuse(cls, model) -> "LeanDecode | None":
         """The lean step for `model` (not yet checked), or None where the model's shape rules it out."""
         return cls(model, [_fuse(layer) for layer in model.model.layers]) if _eligible(model) else None
+
+    def prepack(self) -> int:
+        """Pack every projection of the step for oneDNN (demo.prepack); returns how many were packed.
+
+        Packing happens before the row-consistency probe and the check, so both see the packed products.
+        A tied output head stays plain: packing it would hold the embedding a second time."""
+        from .prepack import pack
+
+        groups = []
+        for fused, layer in zip(self.layers, self.inner.layers):
+            a, mlp = layer.self_attn, layer.mlp
+            groups += [pack([a.q_proj, a.k_proj, a.v_proj], fused["qkv"]), pack([a.o_proj]),
+                       pack([mlp.gate_proj, mlp.up_proj], fused["gate_up"]), pack([mlp.down_proj])]
+        head = self.model.lm_head
+        if head.weight.data_ptr() != self.inner.embed_tokens.weight.data_ptr():
+            groups.append(pack([head]))
+        return sum(g is not None for g in groups)
 
     def linears(self) -> list[torch.nn.Linear]:
         """The fused projections, for the loop's row-consistency probe (demo.batching)."""

@@ -28,3 +28,24 @@ def hub_cache(tmp_path_factory):
         cache = tmp_path_factory.mktemp("hub-cache")
         patch.setenv("HUB_CACHE", str(cache))
         yield cache
+
+
+@pytest.fixture
+def plain_kernel(monkeypatch):
+    """Packing (demo.prepack) on any CPU: a private copy of each weight stands in for oneDNN's packed one,
+    and F.linear for its kernel. Returns the input shapes the kernel was called with."""
+    import torch.nn.functional as F
+
+    import demo.prepack as prepack
+
+    calls = []
+
+    def linear(x, packed, bias):
+        calls.append(tuple(x.shape))
+        return F.linear(x, packed, bias)
+
+    monkeypatch.setattr(prepack, "ENABLED", True)
+    monkeypatch.setattr(prepack, "_reorder", lambda weight: weight.clone())
+    monkeypatch.setattr(prepack, "_linear", linear)
+    monkeypatch.setattr(prepack, "_dense", lambda packed: packed.clone())
+    return calls
