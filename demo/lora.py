@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .loader import LoadedModel, model_bytes
+from .prepack import unpack
 from .registry import ModelEntry
 
 
@@ -69,6 +70,7 @@ def attach_adapter(entry: ModelEntry, base: LoadedModel) -> LoadedModel:
     if loop:
         loop.close(wait_s=600)
     with base.lock:  # the base may be generating; injecting changes its layers
+        unpack(shared.model)  # PEFT wraps stock Linears, so the loop's packed weights go back to plain
         if name not in (getattr(shared.model, "peft_config", None) or {}):
             shared.model.load_adapter(str(folder), adapter_name=name)
         base.model = shared  # from now on the base generates with adapters off

@@ -312,6 +312,30 @@ def test_lora_entry_shares_the_base_weights(fp_folder, lora_folder):
     assert manager.loaded_ids() == []
 
 
+def test_lora_on_a_base_with_prepacked_weights(fp_folder, lora_folder, plain_kernel, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import demo.prepack as prepack
+
+    def base_and_tuned_logits(packing: bool):
+        monkeypatch.setattr(prepack, "ENABLED", packing)
+        manager = ModelManager(lora_registry(fp_folder, lora_folder, "bfloat16"), 10**10)
+        base = manager.get("base")
+        assert bool(base.batcher.packed) == packing  # the decode loop packs the base's weights at load
+        tuned = manager.get("tuned")  # PEFT wraps stock Linears: the base gets its plain weights back first
+        assert prepack.packed_groups(base.model.model) == []
+        assert list(stream_chat(tuned, HELLO, greedy(tuned, 3)))[-1].error is None
+        return last_logits(base.model), last_logits(tuned.model)
+
+    packed, plain = base_and_tuned_logits(True), base_and_tuned_logits(False)
+    assert all(torch.equal(a, b) for a, b in zip(packed, plain))
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(fp_folder, dtype=torch.bfloat16),
+                                          str(lora_folder)).eval()
+    assert torch.allclose(packed[1], last_logits(reference), atol=0.01)  # PEFT's own bf16 rounds a bit apart
+    assert not torch.allclose(packed[1], packed[0], atol=0.01)
+
+
 def test_lora_on_a_quantized_base(packed, lora_folder):
     manager = ModelManager(lora_registry(packed("gptq"), lora_folder), 10**10)
     tuned, base = manager.get("tuned"), manager.get("base")
