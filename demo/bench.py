@@ -24,7 +24,8 @@ import torch
 from . import bench_servers as servers
 from .engine import stream_chat
 from .loader import LoadedModel
-from .manager import ModelManager
+from .manager import ModelManager, free_memory
+from .prepack import unpack
 from .registry import ModelEntry, Registry, Settings
 from .threads import on_own_thread
 
@@ -58,12 +59,15 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     first_load_s = time.perf_counter() - started
     message = prompt_message(loaded, config.prompt_tokens)
     report["prompt_tokens"] = len(build_prompt(loaded, message, config.new_tokens).input_ids)
+    # The baselines run on a stock model of their own: the hub's copy has its weights packed (demo.prepack)
+    bare, _ = on_own_thread(bare_model, config.entry)
     log("single stream: engine vs bare generate ...")
-    report["single_stream"] = single_stream(loaded, message, config)
+    report["single_stream"] = single_stream(loaded, bare, message, config)
     log("time to first token ...")
-    report["ttft"] = first_token(loaded, message, config.repeats)
+    report["ttft"] = first_token(loaded, bare, message, config.repeats)
     log("model switch ...")
-    del loaded
+    del loaded, bare
+    free_memory()
     report["switch"], report["memory"] = switch(manager, config.entry, first_load_s, config.repeats)
     if config.hub_server:
         log("the hub server through gradio_client ...")
@@ -96,12 +100,12 @@ def greedy(loaded: LoadedModel, new_tokens: int):
 
 
 # -- (1) single stream ----------------------------------------------------------------------------
-def bare_generate(loaded: LoadedModel, prompt, new_tokens: int) -> tuple[list[int], float]:
-    ids = torch.tensor([prompt.input_ids], device=loaded.device)
+def bare_generate(model, prompt, new_tokens: int) -> tuple[list[int], float]:
+    ids = torch.tensor([prompt.input_ids], device=model.device)
     stops = prompt.stop_token_ids
     started = time.perf_counter()
     with torch.inference_mode():
-        out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                     max_new_tokens=new_tokens, eos_token_id=stops or None,
                                     pad_token_id=(stops or [0])[0], temperature=None, top_p=None, top_k=None)
     return out[0, ids.shape[1]:].tolist(), time.perf_counter() - started
@@ -137,17 +141,18 @@ def alone(loaded: LoadedModel) -> LoadedModel:
     return loaded
 
 
-def single_stream(loaded: LoadedModel, message: str, config: BenchConfig) -> dict:
+def single_stream(loaded: LoadedModel, bare, message: str, config: BenchConfig) -> dict:
     prompt = build_prompt(loaded, message, config.new_tokens)
     # Baselines run on a thread that ends with them, as the hub's loads and decode loop do, and after the
     # loop's thread has ended, so every variant runs with one OpenMP pool alive (demo.threads).
-    on_own_thread(bare_generate, loaded, prompt, 4)  # warm-up: first calls allocate
+    on_own_thread(bare_generate, bare, prompt, 4)  # warm-up: first calls allocate
     engine_run(loaded, message, 4)
     rates = {"bare_generate": [], "engine": [], "engine_generate_path": []}
     equal = {"engine": True, "engine_generate_path": True}
     tokens = 0
     for _ in range(config.repeats):  # interleaved, so load from elsewhere hits every variant alike
-        reference, seconds = on_own_thread(bare_generate, alone(loaded), prompt, config.new_tokens)
+        alone(loaded)
+        reference, seconds = on_own_thread(bare_generate, bare, prompt, config.new_tokens)
         tokens = len(reference)
         rates["bare_generate"].append(len(reference) / seconds)
         for name in ("engine", "engine_generate_path"):
@@ -166,30 +171,39 @@ def _nothing():
 
 
 # -- (3) time to first token ------------------------------------------------------------------------
-def bare_prefill(loaded: LoadedModel, prompt) -> float:
-    ids = torch.tensor([prompt.input_ids], device=loaded.device)
+def bare_prefill(model, prompt) -> float:
+    ids = torch.tensor([prompt.input_ids], device=model.device)
     started = time.perf_counter()
     with torch.inference_mode():
-        logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
         int(logits[0, -1].argmax())
     return time.perf_counter() - started
 
 
-def first_token(loaded: LoadedModel, message: str, repeats: int) -> dict:
+def first_token(loaded: LoadedModel, bare, message: str, repeats: int) -> dict:
     prompt = build_prompt(loaded, message, 2)
-    bare, hub, hub_generate = [], [], []
+    bare_s, hub, hub_generate = [], [], []
     for _ in range(max(3, repeats)):
-        bare.append(on_own_thread(bare_prefill, alone(loaded), prompt))
+        alone(loaded)
+        bare_s.append(on_own_thread(bare_prefill, bare, prompt))
         hub.append(engine_run(loaded, message, 2)[2])  # starts the loop's thread afresh
         with generate_path(alone(loaded)):
             hub_generate.append(engine_run(loaded, message, 2)[2])
-    b, h, g = (statistics.median(x) for x in (bare, hub, hub_generate))
+    b, h, g = (statistics.median(x) for x in (bare_s, hub, hub_generate))
     return {"bare_prefill_s": b, "hub_ttft_s": h, "overhead_s": h - b, "hub_generate_path_ttft_s": g,
             "generate_path_overhead_s": g - b}
 
 
 # -- (4) model switch --------------------------------------------------------------------------------
 def bare_load(entry: ModelEntry) -> float:
+    model, seconds = bare_model(entry)
+    del model
+    gc.collect()
+    return seconds
+
+
+def bare_model(entry: ModelEntry):
+    """(stock transformers model, seconds its tokenizer and weights took to load) of the entry's folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adapters.weights import resolve
@@ -201,10 +215,7 @@ def bare_load(entry: ModelEntry) -> float:
     AutoTokenizer.from_pretrained(weights.location, **weights.pretrained_kwargs())
     model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=pick_dtype(entry.dtype, device),
                                                  **weights.pretrained_kwargs()).to(device)
-    seconds = time.perf_counter() - started
-    del model
-    gc.collect()
-    return seconds
+    return model, time.perf_counter() - started
 
 
 def switch(manager: ModelManager, entry: ModelEntry, first_load_s: float, repeats: int) -> tuple[dict, dict]:
@@ -314,6 +325,7 @@ def transformers_serve(config: BenchConfig, message: str, manager: ModelManager,
 def save_checkpoint(loaded: LoadedModel, folder: Path) -> None:
     """The loaded weights as a plain safetensors checkpoint (a GGUF source is saved dequantized)."""
     model = loaded.model
+    unpack(model)  # stock weights back: save_pretrained reads every Linear's plain weight
     config = model.config
     if getattr(config, "quantization_config", None) and _is_gguf(config.quantization_config):
         del config.quantization_config  # the weights in memory are already plain tensors

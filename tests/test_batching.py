@@ -32,8 +32,15 @@ def bare(loaded, text, n=N) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def references(smollm):
-    return [bare(smollm, p) for p in PROMPTS]
+def references(smollm, registry):
+    """Greedy tokens of stock transformers: a model of its own, as the hub's copy may be packed (demo.prepack)."""
+    from dataclasses import replace
+
+    from demo.bench import bare_model
+    from tests.conftest import DEFAULT_ID
+
+    stock, _ = bare_model(registry.get(DEFAULT_ID))
+    return [bare(replace(smollm, model=stock), p) for p in PROMPTS]
 
 
 def run_at_once(loaded, requests, delays=None):
