@@ -391,7 +391,9 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    # The vector ISA decides bf16 speed: without AVX-512 a bf16 matmul costs about as many times one row
+    # as it has rows, and nothing can be packed (demo.prepack); two "AMD EPYC" VMs can differ in it.
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0)
             if torch.cuda.is_available() else None, "torch": torch.__version__,
             "load_average_at_start": list(os.getloadavg()), "python": platform.python_version()}

@@ -120,7 +120,9 @@ def plot(report: dict, path: Path) -> None:
     for ax in (agg, ttft):
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{report['model']} on {report['machine']['cpu']} ({report['machine']['cores']} cores), "
+    isa = report["machine"].get("cpu_capability")
+    fig.suptitle(f"{report['model']} on {report['machine']['cpu']}{f' ({isa})' if isa else ''} "
+                 f"({report['machine']['cores']} cores), "
                  f"{report['started']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -34,6 +34,9 @@ def test_report_has_every_section_with_finite_numbers(report):
     for key in ("machine", "settings", "single_stream", "ttft", "switch", "memory", "hub_server", "ratios"):
         assert key in data, key
     assert finite_numbers(data) == []
+    import torch
+
+    assert data["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
     single = data["single_stream"]
     for key in ("bare_generate_tok_s", "engine_tok_s", "engine_generate_path_tok_s"):
         assert single[key] > 0
