@@ -98,9 +98,13 @@ def row_consistent_linears(model, max_batch: int, extra=()) -> dict:
     groups: dict = {}
     for module in [*model.modules(), *extra]:
         if type(module) is torch.nn.Linear and not hasattr(module, "_hub_rows"):
-            groups.setdefault((module.in_features, module.out_features, module.weight.dtype), []).append(module)
+            # one kernel, one probe: a packed q_proj runs the fused q/k/v matrix (demo.prepack), so the
+            # packed shape is part of the key, and o_proj (the same in/out as q_proj) gets its own probe
+            packed = getattr(getattr(module, "_hub_packed", None), "shape", None)
+            key = (module.in_features, module.out_features, module.weight.dtype, packed)
+            groups.setdefault(key, []).append(module)
     split = {}
-    for (n_in, n_out, _), modules in groups.items():
+    for (n_in, n_out, _, _), modules in groups.items():
         chunk = _agreeing_rows(modules[0], max_batch)
         for module in modules:
             module._hub_rows = chunk

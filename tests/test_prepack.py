@@ -167,3 +167,14 @@ def test_the_bench_saves_a_packed_model_with_its_plain_weights(plain_kernel, tmp
     stock = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     for (name, got), want in zip(saved.named_parameters(), stock.parameters()):
         assert torch.equal(got, want), name
+
+
+def test_each_packed_kernel_gets_its_own_row_probe(plain_kernel, monkeypatch):
+    import demo.batching as batching
+
+    probed = []
+    monkeypatch.setattr(batching, "_agreeing_rows", lambda linear, max_batch: probed.append(linear) or max_batch)
+    BatchedDecoder(tiny_pair()[0])
+    kernels = {(m.in_features, m.out_features, m._hub_packed.shape) for m in probed if hasattr(m, "_hub_packed")}
+    assert (64, 64, (128, 64)) in kernels  # q_proj: its rows of the fused q/k/v product
+    assert (64, 64, (64, 64)) in kernels  # o_proj: same in/out as q_proj, but a kernel of its own
