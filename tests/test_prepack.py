@@ -60,7 +60,13 @@ def test_a_packed_model_gives_the_stock_logits_and_greedy_tokens(plain_kernel):
 
 @onednn
 def test_onednn_packed_bf16_is_bitwise_the_stock_model():
-    check_packed_model_matches_stock(*tiny_pair())
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)  # the default model's layer shapes, two layers, a small vocabulary
+    config = LlamaConfig(vocab_size=300, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).eval().to(torch.bfloat16)
+    check_packed_model_matches_stock(model, copy.deepcopy(model))
 
 
 def test_q_k_v_share_one_fused_product_per_input(plain_kernel):
