@@ -24,8 +24,13 @@ class CliError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # torchao (pulled in by transformers' quantizers) warns at import that its CUDA-only kernels
+        # (mxfp8, cutlass) and triton are missing: true of every CPU build, and nothing the hub uses.
+        logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         return args.run(args) or 0
     except (CliError, RegistryError, UnknownModelError, AdapterError, WeightsMissing) as e:
