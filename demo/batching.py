@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .fastdecode import LeanDecode
+from .prepack import heavy_tailed
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,7 @@ def _agreeing_rows(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> 
     agreeing = max_batch
     for _ in range(trials):
         shape = (max_batch, 1, linear.in_features)
-        x = torch.randn(shape, generator=generator) * torch.exp(3 * torch.randn(shape, generator=generator))
-        x = x.to(device, weight.dtype)
+        x = heavy_tailed(shape, generator).to(device, weight.dtype)
         # forward(), not __call__: a probe is no real step, so the module's hooks must not see it
         alone = torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)])
         for rows in range(2, agreeing + 1):  # every first-`rows` batch against the same rows alone

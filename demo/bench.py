@@ -106,8 +106,8 @@ def bare_generate(model, prompt, new_tokens: int) -> tuple[list[int], float]:
     started = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                    max_new_tokens=new_tokens, eos_token_id=stops or None,
-                                    pad_token_id=(stops or [0])[0], temperature=None, top_p=None, top_k=None)
+                             max_new_tokens=new_tokens, eos_token_id=stops or None,
+                             pad_token_id=(stops or [0])[0], temperature=None, top_p=None, top_k=None)
     return out[0, ids.shape[1]:].tolist(), time.perf_counter() - started
 
 
@@ -393,7 +393,8 @@ def machine() -> dict:
         pass
     # The vector ISA decides bf16 speed: without AVX-512 a bf16 matmul costs about as many times one row
     # as it has rows, and nothing can be packed (demo.prepack); two "AMD EPYC" VMs can differ in it.
-    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "torch_threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name(0)
             if torch.cuda.is_available() else None, "torch": torch.__version__,
             "load_average_at_start": list(os.getloadavg()), "python": platform.python_version()}

@@ -31,6 +31,11 @@ ENABLED = os.environ.get("HUB_PREPACK", "1") != "0"
 _ROWS_CHECKED = (1, 2, 3, 4, 8, 64)  # a single stream, batches, a prefill
 
 
+def heavy_tailed(shape: tuple, generator: torch.Generator) -> torch.Tensor:
+    """Random inputs over a wide range of magnitudes: any change in summation order shows in the rounding."""
+    return torch.randn(shape, generator=generator) * torch.exp(3 * torch.randn(shape, generator=generator))
+
+
 def available(weight: torch.Tensor) -> bool:
     return (ENABLED and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float32)
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
@@ -55,7 +60,7 @@ class PackedGroup:
     def __init__(self, parts: list[torch.nn.Linear], whole: torch.nn.Linear | None, weight, bias):
         self.parts, self.whole, self.bias = parts, whole, bias
         self.packed = _reorder(weight)
-        self.shape, self.dtype = tuple(weight.shape), weight.dtype
+        self.shape = tuple(weight.shape)
         bounds, start = [], 0
         for part in parts:
             bounds.append((start, start + part.out_features))
@@ -89,15 +94,17 @@ class PackedGroup:
         n_in = weight.shape[1]
         for rows in _ROWS_CHECKED:
             shape = (rows, 1, n_in) if rows <= 8 else (1, rows, n_in)
-            x = torch.randn(shape, generator=generator) * torch.exp(3 * torch.randn(shape, generator=generator))
-            x = x.to(weight.dtype)
+            x = heavy_tailed(shape, generator).to(weight.dtype)
             if not torch.equal(self(x), F.linear(x, weight, self.bias)):
                 return False
         return torch.equal(_dense(self.packed), weight)
 
+    def modules(self) -> list[torch.nn.Linear]:
+        return [*self.parts, *([self.whole] if self.whole is not None else [])]
+
     def install(self) -> None:
         """Route the modules through the packed matrix and free their plain weights."""
-        for module in [*self.parts, *([self.whole] if self.whole is not None else [])]:
+        for module in self.modules():
             module.weight = torch.nn.Parameter(torch.empty_like(module.weight, device="meta"), requires_grad=False)
             module._hub_packed = self
         for index, part in enumerate(self.parts):
@@ -112,7 +119,7 @@ class PackedGroup:
             self.whole.weight = torch.nn.Parameter(weight, requires_grad=False)
         for part, (start, end) in zip(self.parts, self.bounds):
             part.weight = torch.nn.Parameter(weight[start:end], requires_grad=False)
-        for module in [*self.parts, *([self.whole] if self.whole is not None else [])]:
+        for module in self.modules():
             module.__dict__.pop("forward", None)
             module.__dict__.pop("_hub_rows", None)  # a row-chunked forward (demo.batching) goes too
             del module._hub_packed
@@ -143,8 +150,7 @@ def packed_groups(model) -> list[PackedGroup]:
     return list({id(g): g for m in model.modules() if (g := getattr(m, "_hub_packed", None))}.values())
 
 
-def unpack(model, extra=()) -> None:
-    """Give every packed Linear of `model` (and of `extra` modules) its plain weight and forward back."""
-    groups = {id(g): g for m in [*model.modules(), *extra] if (g := getattr(m, "_hub_packed", None))}
-    for group in groups.values():
+def unpack(model) -> None:
+    """Give every packed Linear of `model` (and the fused ones packed with them) its plain weight and forward back."""
+    for group in packed_groups(model):
         group.uninstall()
