@@ -28,6 +28,7 @@ class LeanDecode:
     def __init__(self, model, layers: list[dict]):
         self.model, self.layers = model, layers
         self.inner = model.model
+        self.group_rows = True  # rows of one length share one attention call (see _rowwise_sdpa)
 
     # -- building and checking -------------------------------------------------------------------
     @classmethod
@@ -57,14 +58,38 @@ class LeanDecode:
         return [fused[name] for fused in self.layers for name in ("qkv", "gate_up")]
 
     def checked(self) -> bool:
-        """Whether the step gives forward()'s logits bit for bit; the loop uses it only then."""
+        """Whether the step gives forward()'s logits bit for bit; the loop uses it only then.
+
+        Rows of one length share an attention call only where `rows_attend_alone_in_a_group` finds that
+        exact; the check's two-row batches (of one length) then test that too, and should they differ,
+        the step runs every row's attention alone, as forward() does, and is checked again."""
         try:
-            if self.matches_forward():
-                return True
+            for self.group_rows in ((True, False) if self.rows_attend_alone_in_a_group() else (False,)):
+                if self.matches_forward():
+                    return True
             log.info("lean decode differs from forward() for %s; keeping forward()", type(self.model).__name__)
         except Exception:
             log.exception("lean decode check failed; keeping forward()")
         return False
+
+    @torch.inference_mode()
+    def rows_attend_alone_in_a_group(self) -> bool:
+        """Whether one attention call over rows of one length gives each row exactly what it gets alone,
+        on this model's head shapes and dtype, at every length to 64 and a few beyond. bf16 does here; the
+        CPU's fp32 kernel does not, at most lengths."""
+        attention = self.layers[0]["attention"]
+        weight = self.inner.embed_tokens.weight
+        kv_heads = self.model.config.num_key_value_heads
+        heads, head_dim = kv_heads * attention.num_key_value_groups, attention.head_dim
+        generator = torch.Generator().manual_seed(0)
+        for length in [*range(1, 65), 100, 129, 257, 513, 1025]:
+            for rows in (2, 4):
+                q, keys, values = (torch.randn(rows, n, size, head_dim, generator=generator).to(weight.device, weight.dtype)
+                                   for n, size in ((heads, 1), (kv_heads, length), (kv_heads, length)))
+                alone = torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1], values[b:b + 1]) for b in range(rows)])
+                if not torch.equal(_sdpa(attention, q, keys, values), alone):
+                    return False
+        return True
 
     @torch.inference_mode()
     def matches_forward(self, steps: int = 2) -> bool:
@@ -115,20 +140,36 @@ class LeanDecode:
         v = v.view(rows, 1, -1, head_dim).transpose(1, 2)
         cache_layer.keys = torch.cat([cache_layer.keys, k], dim=-2)
         cache_layer.values = torch.cat([cache_layer.values, v], dim=-2)
-        out = _rowwise_sdpa(attention, q, cache_layer.keys, cache_layer.values, row_lengths)
+        out = _rowwise_sdpa(attention, q, cache_layer.keys, cache_layer.values, row_lengths, self.group_rows)
         hidden = hidden + fused["o"].forward(out.reshape(rows, 1, -1).contiguous())
         x = _norm(fused["norm_post"], hidden)
         gate, up = fused["gate_up"].forward(x).split(fused["mlp_sizes"], dim=-1)
         return hidden + fused["down"].forward(fused["act"](gate) * up)
 
 
-def _rowwise_sdpa(attention, q, keys, values, row_lengths):
-    """SDPA of each row over its own real keys only, as the loop's row-wise attention (demo.batching)."""
+def _rowwise_sdpa(attention, q, keys, values, row_lengths, group_rows=True):
+    """SDPA of each row over its own real keys only, as the loop's row-wise attention (demo.batching).
+
+    Neighbouring rows of one length (requests admitted together with prompts of one length) go through
+    one call: the CPU kernel computes every (row, head) on its own, so each row gets what it gets alone
+    (`LeanDecode.rows_attend_alone_in_a_group` confirms it on the model). Rows of other lengths would need padding, which
+    changes the kernel's sums, so they run alone."""
     width = keys.shape[2]
-    if len(row_lengths) == 1 and row_lengths[0] == width:
+    runs = _runs_of_equal_length(row_lengths) if group_rows else [(b, b + 1) for b in range(len(row_lengths))]
+    if len(runs) == 1 and row_lengths[0] == width:
         return _sdpa(attention, q, keys, values)
-    return torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1, :, width - n:], values[b:b + 1, :, width - n:])
-                      for b, n in enumerate(row_lengths)], dim=0)
+    return torch.cat([_sdpa(attention, q[a:b], keys[a:b, :, width - row_lengths[a]:],
+                            values[a:b, :, width - row_lengths[a]:]) for a, b in runs], dim=0)
+
+
+def _runs_of_equal_length(row_lengths: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each maximal run of neighbouring rows with the same length."""
+    runs, start = [], 0
+    for b in range(1, len(row_lengths) + 1):
+        if b == len(row_lengths) or row_lengths[b] != row_lengths[start]:
+            runs.append((start, b))
+            start = b
+    return runs
 
 
 def _sdpa(attention, q, keys, values):

@@ -32,15 +32,20 @@ def bare(loaded, text, n=N) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def references(smollm, registry):
-    """Greedy tokens of stock transformers: a model of its own, as the hub's copy may be packed (demo.prepack)."""
+def stock(smollm, registry):
+    """The default model as stock transformers: a model of its own, as the hub's copy may be packed (demo.prepack)."""
     from dataclasses import replace
 
     from demo.bench import bare_model
     from tests.conftest import DEFAULT_ID
 
-    stock, _ = bare_model(registry.get(DEFAULT_ID))
-    return [bare(replace(smollm, model=stock), p) for p in PROMPTS]
+    return replace(smollm, model=bare_model(registry.get(DEFAULT_ID))[0])
+
+
+@pytest.fixture(scope="module")
+def references(stock):
+    """Greedy tokens of stock transformers for PROMPTS."""
+    return [bare(stock, p) for p in PROMPTS]
 
 
 def run_at_once(loaded, requests, delays=None):
@@ -78,6 +83,35 @@ def test_four_at_once_with_staggered_joins_give_exactly_bare_generate(smollm, re
     results = run_at_once(smollm, requests, delays=[0, 0, 0.3, 0.6])  # later ones join a running batch
     assert [r.output_ids for r in results] == references
     assert all(r.finish_reason in ("stop", "length") for r in results)
+
+
+def test_rows_admitted_together_share_attention_calls_and_stay_exact(smollm, stock, monkeypatch):
+    """Two prompts of one length, admitted in one round: one attention call for both rows, each row exact."""
+    import demo.fastdecode as fastdecode
+
+    pair = ["What is the capital of France?", "What is the capital of Spain?"]
+    prompts = [smollm.adapter.build_prompt(smollm.tokenizer, chat(p), None, N, smollm.extra_stop_ids) for p in pair]
+    assert len(prompts[0].input_ids) == len(prompts[1].input_ids)
+    decoder = batcher_for(smollm)
+    assert decoder.lean is not None and decoder.lean.group_rows
+    first_prefill, real_sdpa, rows_per_call = decoder._prefill, fastdecode._sdpa, []
+
+    def prefill_once_both_wait(request):  # hold the first prefill until the second request is queued
+        deadline = time.monotonic() + 30
+        while decoder.pending.empty() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        monkeypatch.setattr(decoder, "_prefill", first_prefill)
+        first_prefill(request)
+
+    def counting_sdpa(attention, q, keys, values):
+        rows_per_call.append(q.shape[0])
+        return real_sdpa(attention, q, keys, values)
+
+    monkeypatch.setattr(decoder, "_prefill", prefill_once_both_wait)
+    monkeypatch.setattr(fastdecode, "_sdpa", counting_sdpa)
+    results = run_at_once(smollm, [(chat(p), greedy(smollm), CancelToken()) for p in pair])
+    assert [r.output_ids for r in results] == [bare(stock, p) for p in pair]
+    assert 2 in rows_per_call
 
 
 def test_cancelling_one_row_leaves_the_others_exact(smollm, references):

@@ -56,3 +56,54 @@ def test_a_tiny_llama_is_checked_equal_and_a_hooked_one_keeps_forward():
     rowwise_attention(hooked)
     hooked.model.layers[1].mlp.register_forward_hook(lambda *args: None)
     assert LeanDecode.fuse(hooked) is None
+
+
+def test_rows_of_one_length_share_an_attention_call_and_others_run_alone():
+    assert fastdecode._runs_of_equal_length([9, 9, 12, 12, 12, 9]) == [(0, 2), (2, 5), (5, 6)]
+    assert fastdecode._runs_of_equal_length([7]) == [(0, 1)]
+
+
+def test_grouped_attention_gives_each_row_what_it_gets_alone(smollm):
+    """On the default model's head shapes, rows of mixed lengths, left-padded as the loop pads them."""
+    attention = smollm.model.model.layers[0].self_attn
+    generator = torch.Generator().manual_seed(0)
+    lengths, width = [40, 40, 40, 23, 23, 40], 40
+    q = torch.randn(len(lengths), 9, 1, 64, generator=generator).to(torch.bfloat16)
+    keys, values = (torch.randn(len(lengths), 3, width, 64, generator=generator).to(torch.bfloat16)
+                    for _ in range(2))
+    grouped = fastdecode._rowwise_sdpa(attention, q, keys, values, lengths)
+    alone = fastdecode._rowwise_sdpa(attention, q, keys, values, lengths, group_rows=False)
+    assert torch.equal(grouped, alone)
+    for b, n in enumerate(lengths):
+        row = fastdecode._sdpa(attention, q[b:b + 1], keys[b:b + 1, :, width - n:], values[b:b + 1, :, width - n:])
+        assert torch.equal(grouped[b:b + 1], row)
+
+
+def test_a_kernel_that_mixes_rows_makes_the_step_run_rows_alone(monkeypatch):
+    from demo.batching import rowwise_attention
+
+    model = make_tiny_llama().to(torch.bfloat16)
+    rowwise_attention(model)
+    lean = LeanDecode.fuse(model)
+    assert lean.checked() and lean.group_rows is True
+    real = fastdecode._sdpa
+
+    def batch_variant(attention, q, keys, values):  # a kernel whose result depends on the batch it is in
+        out = real(attention, q, keys, values)
+        return out * 1.01 if q.shape[0] > 1 else out
+
+    monkeypatch.setattr(fastdecode, "_sdpa", batch_variant)
+    assert not lean.rows_attend_alone_in_a_group()
+    assert lean.checked() and lean.group_rows is False
+    monkeypatch.setattr(lean, "rows_attend_alone_in_a_group", lambda: True)  # the probe misses it: the check does not
+    assert lean.checked() and lean.group_rows is False
+
+
+def test_fp32_attention_runs_rows_alone():
+    """This CPU's fp32 kernel gives a row in a batch other bits than alone at most lengths."""
+    from demo.batching import rowwise_attention
+
+    model = make_tiny_llama()
+    rowwise_attention(model)
+    lean = LeanDecode.fuse(model)
+    assert lean.checked() and lean.group_rows is False
