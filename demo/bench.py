@@ -370,7 +370,8 @@ def concurrency_ratios(prefix: str, series: list[dict], serve: dict) -> dict:
     by_clients = {c["clients"]: c for c in series}
     if 1 in by_clients:
         for n, c in by_clients.items():
-            out[f"{prefix}_{n}_clients_vs_1"] = c["aggregate_tok_s"] / by_clients[1]["aggregate_tok_s"]
+            out[f"{prefix}_{n}_clients_vs_1"] = paired_ratio(c, by_clients[1])
+            out[f"{prefix}_{n}_clients_vs_1_of_medians"] = c["aggregate_tok_s"] / by_clients[1]["aggregate_tok_s"]
     for name, runs in serve.items():
         theirs = {c["clients"]: c for c in runs}
         for n, c in by_clients.items():
@@ -378,6 +379,18 @@ def concurrency_ratios(prefix: str, series: list[dict], serve: dict) -> dict:
                 out[f"{prefix}_vs_transformers_serve_{name}_{n}_clients"] = \
                     c["aggregate_tok_s"] / theirs[n]["aggregate_tok_s"]
     return out
+
+
+def paired_ratio(many: dict, one: dict) -> float:
+    """The median, over repeats, of n clients' tok/s ÷ one client's in the same repeat.
+
+    A repeat runs every client count within a minute or so (demo.bench_servers.series), and this VM's
+    speed drifts 10-20% over minutes; pairing by repeat keeps that drift out of the ratio, where a ratio of
+    the two medians can set a fast repeat of one count against a slow repeat of the other."""
+    pairs = list(zip(many.get("aggregate_tok_s_samples") or [], one.get("aggregate_tok_s_samples") or []))
+    if not pairs:  # older reports: one run each
+        return many["aggregate_tok_s"] / one["aggregate_tok_s"]
+    return statistics.median(a / b for a, b in pairs)
 
 
 def machine() -> dict:

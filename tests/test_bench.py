@@ -98,3 +98,15 @@ def test_series_keeps_the_median_run_of_each_client_count(monkeypatch):
     assert [run["clients"] for run in runs] == [1, 2]
     assert runs[0]["aggregate_tok_s"] == 25.0 and runs[0]["aggregate_tok_s_samples"] == [10.0, 30.0, 25.0]
     assert runs[1]["aggregate_tok_s"] == 40.0 and runs[1]["aggregate_tok_s_samples"] == [20.0, 40.0, 60.0]
+
+
+def test_clients_against_one_pair_runs_of_the_same_repeat():
+    from demo.bench import concurrency_ratios
+
+    # repeat 2 ran slow for both counts: paired, each repeat gives 3.0; the medians would give 60/25 = 2.4
+    one = {"clients": 1, "aggregate_tok_s": 25.0, "aggregate_tok_s_samples": [20.0, 10.0, 25.0]}
+    four = {"clients": 4, "aggregate_tok_s": 60.0, "aggregate_tok_s_samples": [60.0, 30.0, 75.0]}
+    ratios = concurrency_ratios("hub", [one, four], {})
+    assert ratios["hub_4_clients_vs_1"] == 3.0 and ratios["hub_4_clients_vs_1_of_medians"] == 2.4
+    old = concurrency_ratios("hub", [{"clients": 1, "aggregate_tok_s": 20.0}, {"clients": 4, "aggregate_tok_s": 50.0}], {})
+    assert old["hub_4_clients_vs_1"] == 2.5
