@@ -84,9 +84,11 @@ class LeanDecode:
         generator = torch.Generator().manual_seed(0)
         for length in [*range(1, 65), 100, 129, 257, 513, 1025]:
             for rows in (2, 4):
-                q, keys, values = (torch.randn(rows, n, size, head_dim, generator=generator).to(weight.device, weight.dtype)
-                                   for n, size in ((heads, 1), (kv_heads, length), (kv_heads, length)))
-                alone = torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1], values[b:b + 1]) for b in range(rows)])
+                q, keys, values = (
+                    torch.randn(rows, n, size, head_dim, generator=generator).to(weight.device, weight.dtype)
+                    for n, size in ((heads, 1), (kv_heads, length), (kv_heads, length)))
+                alone = torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1], values[b:b + 1])
+                                   for b in range(rows)])
                 if not torch.equal(_sdpa(attention, q, keys, values), alone):
                     return False
         return True
@@ -152,8 +154,8 @@ def _rowwise_sdpa(attention, q, keys, values, row_lengths, group_rows=True):
 
     Neighbouring rows of one length (requests admitted together with prompts of one length) go through
     one call: the CPU kernel computes every (row, head) on its own, so each row gets what it gets alone
-    (`LeanDecode.rows_attend_alone_in_a_group` confirms it on the model). Rows of other lengths would need padding, which
-    changes the kernel's sums, so they run alone."""
+    (`LeanDecode.rows_attend_alone_in_a_group` confirms it on the model). Rows of other lengths would
+    need padding, which changes the kernel's sums, so they run alone."""
     width = keys.shape[2]
     runs = _runs_of_equal_length(row_lengths) if group_rows else [(b, b + 1) for b in range(len(row_lengths))]
     if len(runs) == 1 and row_lengths[0] == width:
