@@ -63,6 +63,7 @@ class LeanDecode:
         Rows of one length share an attention call only where `rows_attend_alone_in_a_group` finds that
         exact; the check's two-row batches (of one length) then test that too, and should they differ,
         the step runs every row's attention alone, as forward() does, and is checked again."""
+        before = self.group_rows
         try:
             for self.group_rows in ((True, False) if self.rows_attend_alone_in_a_group() else (False,)):
                 if self.matches_forward():
@@ -70,6 +71,7 @@ class LeanDecode:
             log.info("lean decode differs from forward() for %s; keeping forward()", type(self.model).__name__)
         except Exception:
             log.exception("lean decode check failed; keeping forward()")
+        self.group_rows = before  # a failed check leaves the step as it was
         return False
 
     @torch.inference_mode()
