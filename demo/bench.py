@@ -129,6 +129,28 @@ def generate_path(loaded: LoadedModel):
         loaded.batcher = saved
 
 
+@contextmanager
+def _nothing(loaded: LoadedModel):
+    yield
+
+
+@contextmanager
+def unfolded(loaded: LoadedModel):
+    """The decode loop with attention heads unfolded (as HUB_FOLD_HEADS=0): bitwise what generate() computes."""
+    lean = getattr(loaded.batcher, "lean", None)
+    saved = getattr(lean, "fold_heads", False)
+    if lean is not None:
+        lean.fold_heads = False
+    try:
+        yield
+    finally:
+        if lean is not None:
+            lean.fold_heads = saved
+
+
+VARIANTS = {"engine": _nothing, "engine_unfolded": unfolded, "engine_generate_path": generate_path}
+
+
 def alone(loaded: LoadedModel) -> LoadedModel:
     """`loaded` with its decode loop's thread ended, so what runs next has the only OpenMP pool.
 
@@ -147,16 +169,16 @@ def single_stream(loaded: LoadedModel, bare, message: str, config: BenchConfig) 
     # loop's thread has ended, so every variant runs with one OpenMP pool alive (demo.threads).
     on_own_thread(bare_generate, bare, prompt, 4)  # warm-up: first calls allocate
     engine_run(loaded, message, 4)
-    rates = {"bare_generate": [], "engine": [], "engine_generate_path": []}
-    equal = {"engine": True, "engine_generate_path": True}
+    rates = {"bare_generate": [], **{name: [] for name in VARIANTS}}
+    equal = dict.fromkeys(VARIANTS, True)
     tokens = 0
     for _ in range(config.repeats):  # interleaved, so load from elsewhere hits every variant alike
         alone(loaded)
         reference, seconds = on_own_thread(bare_generate, bare, prompt, config.new_tokens)
         tokens = len(reference)
         rates["bare_generate"].append(len(reference) / seconds)
-        for name in ("engine", "engine_generate_path"):
-            with generate_path(alone(loaded)) if name == "engine_generate_path" else _nothing():
+        for name, variant in VARIANTS.items():
+            with variant(alone(loaded)):
                 last, seconds, _ = engine_run(loaded, message, config.new_tokens)
             rates[name].append(last.stats.new_tokens / seconds)
             equal[name] = equal[name] and last.output_ids == reference
@@ -164,10 +186,6 @@ def single_stream(loaded: LoadedModel, bare, message: str, config: BenchConfig) 
     result.update(samples=rates, tokens=tokens, greedy_equal_to_bare=equal)
     return result
 
-
-@contextmanager
-def _nothing():
-    yield
 
 
 # -- (3) time to first token ------------------------------------------------------------------------
@@ -347,6 +365,8 @@ def ratios(report: dict) -> dict:
     single = report["single_stream"]
     out["engine_vs_bare"] = single["engine_tok_s"] / single["bare_generate_tok_s"]
     out["engine_generate_path_vs_bare"] = single["engine_generate_path_tok_s"] / single["bare_generate_tok_s"]
+    if "engine_unfolded_tok_s" in single:  # older reports: no such variant
+        out["engine_unfolded_vs_bare"] = single["engine_unfolded_tok_s"] / single["bare_generate_tok_s"]
     out["ttft_overhead_ms"] = report["ttft"]["overhead_s"] * 1000
     switch_ = report["switch"]
     out["switch_cached_ms"] = switch_["cached_s"] * 1000

@@ -1,4 +1,5 @@
-"""The batched decode loop: exact greedy outputs on the real default model, alone and several at once."""
+"""The batched decode loop on the real default model: a reply is the same with or without other users, and
+with unfolded heads (HUB_FOLD_HEADS=0) exactly bare `generate`'s."""
 import threading
 import time
 
@@ -48,6 +49,20 @@ def references(stock):
     return [bare(stock, p) for p in PROMPTS]
 
 
+@pytest.fixture(scope="module")
+def alone(smollm):
+    """Greedy tokens of the hub for PROMPTS, one request at a time (default: folded heads)."""
+    assert batcher_for(smollm).lean.fold_heads
+    return [complete(smollm, chat(p), greedy(smollm)).output_ids for p in PROMPTS]
+
+
+@pytest.fixture
+def unfolded(smollm, monkeypatch):
+    """The loop as with HUB_FOLD_HEADS=0: attention bitwise as `generate` computes it."""
+    monkeypatch.setattr(batcher_for(smollm).lean, "fold_heads", False)
+    return smollm
+
+
 def run_at_once(loaded, requests, delays=None):
     """Run (messages, params, cancel) requests on threads, starting each after its delay; last chunks."""
     results = [None] * len(requests)
@@ -72,21 +87,29 @@ def test_fakes_without_a_kv_cache_keep_the_generate_path():
     assert batcher_for(scripted("abc")) is None
 
 
-def test_alone_the_loop_gives_exactly_bare_generate(smollm, references):
+def test_unfolded_the_loop_alone_gives_exactly_bare_generate(unfolded, references):
     for text, reference in zip(PROMPTS[:2], references):
-        assert complete(smollm, chat(text), greedy(smollm)).output_ids == reference
+        assert complete(unfolded, chat(text), greedy(unfolded)).output_ids == reference
 
 
-def test_four_at_once_with_staggered_joins_give_exactly_bare_generate(smollm, references):
-    cancels = [CancelToken() for _ in PROMPTS]
-    requests = [(chat(p), greedy(smollm), c) for p, c in zip(PROMPTS, cancels)]
-    results = run_at_once(smollm, requests, delays=[0, 0, 0.3, 0.6])  # later ones join a running batch
-    assert [r.output_ids for r in results] == references
+def four_at_once(loaded):
+    requests = [(chat(p), greedy(loaded), CancelToken()) for p in PROMPTS]
+    results = run_at_once(loaded, requests, delays=[0, 0, 0.3, 0.6])  # later ones join a running batch
     assert all(r.finish_reason in ("stop", "length") for r in results)
+    return [r.output_ids for r in results]
 
 
-def test_rows_admitted_together_share_attention_calls_and_stay_exact(smollm, stock, monkeypatch):
-    """Two prompts of one length, admitted in one round: one attention call for both rows, each row exact."""
+def test_four_at_once_with_staggered_joins_give_what_each_gets_alone(smollm, alone):
+    assert four_at_once(smollm) == alone
+
+
+def test_unfolded_four_at_once_give_exactly_bare_generate(unfolded, references):
+    assert four_at_once(unfolded) == references
+
+
+def test_rows_admitted_together_share_attention_calls_and_stay_exact(smollm, monkeypatch):
+    """Two prompts of one length, admitted in one round: one attention call for both rows, each row what
+    it gets alone."""
     import demo.fastdecode as fastdecode
 
     pair = ["What is the capital of France?", "What is the capital of Spain?"]
@@ -94,6 +117,7 @@ def test_rows_admitted_together_share_attention_calls_and_stay_exact(smollm, sto
     assert len(prompts[0].input_ids) == len(prompts[1].input_ids)
     decoder = batcher_for(smollm)
     assert decoder.lean is not None and decoder.lean.group_rows
+    expected = [complete(smollm, chat(p), greedy(smollm)).output_ids for p in pair]
     first_prefill, real_sdpa, rows_per_call = decoder._prefill, fastdecode._sdpa, []
 
     def prefill_once_both_wait(request):  # hold the first prefill until the second request is queued
@@ -103,18 +127,18 @@ def test_rows_admitted_together_share_attention_calls_and_stay_exact(smollm, sto
         monkeypatch.setattr(decoder, "_prefill", first_prefill)
         first_prefill(request)
 
-    def counting_sdpa(attention, q, keys, values):
+    def counting_sdpa(attention, q, keys, values, fold=False):
         rows_per_call.append(q.shape[0])
-        return real_sdpa(attention, q, keys, values)
+        return real_sdpa(attention, q, keys, values, fold)
 
     monkeypatch.setattr(decoder, "_prefill", prefill_once_both_wait)
     monkeypatch.setattr(fastdecode, "_sdpa", counting_sdpa)
     results = run_at_once(smollm, [(chat(p), greedy(smollm), CancelToken()) for p in pair])
-    assert [r.output_ids for r in results] == [bare(stock, p) for p in pair]
+    assert [r.output_ids for r in results] == expected
     assert 2 in rows_per_call
 
 
-def test_cancelling_one_row_leaves_the_others_exact(smollm, references):
+def test_cancelling_one_row_leaves_the_others_exact(smollm, alone):
     cancel = CancelToken()
     stream = stream_chat(smollm, chat("Count from 1 to 500."), greedy(smollm, 300), cancel)
     others = {}
@@ -131,19 +155,19 @@ def test_cancelling_one_row_leaves_the_others_exact(smollm, references):
     last = list(stream)[-1]
     thread.join(120)
     assert last.finish_reason == "cancelled" and last.stats.new_tokens <= seen + 2
-    assert [r.output_ids for r in others["r"]] == references[:2]
+    assert [r.output_ids for r in others["r"]] == alone[:2]
 
 
-def test_per_request_sampling_next_to_a_greedy_row(smollm, references):
+def test_per_request_sampling_next_to_a_greedy_row(smollm, alone):
     sampled = smollm.defaults.override({"temperature": 0.9, "top_p": 0.95, "top_k": 40, "seed": 7,
                                         "max_new_tokens": N, "repetition_penalty": 1.1})
-    alone = complete(smollm, chat(PROMPTS[3]), sampled).output_ids
+    by_itself = complete(smollm, chat(PROMPTS[3]), sampled).output_ids
     together = run_at_once(smollm, [(chat(PROMPTS[3]), sampled, CancelToken()),
                                     (chat(PROMPTS[0]), greedy(smollm), CancelToken())])
-    assert together[0].output_ids == alone  # the seed belongs to the request, not to the batch
-    assert together[1].output_ids == references[0]
+    assert together[0].output_ids == by_itself  # the seed belongs to the request, not to the batch
+    assert together[1].output_ids == alone[0]
     other_seed = complete(smollm, chat(PROMPTS[3]), sampled.override({"seed": 8})).output_ids
-    assert other_seed != alone
+    assert other_seed != by_itself
 
 
 def test_a_failing_step_ends_those_replies_with_an_error_and_the_loop_goes_on(smollm):

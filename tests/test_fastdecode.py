@@ -1,4 +1,5 @@
-"""The lean decode step: bitwise forward()'s logits, a check that can say no, and no weight held twice."""
+"""The lean decode step: bitwise forward()'s logits, a check that can say no, and no weight held twice;
+folded attention heads: the same bits for a row in any batch, stock values to within rounding."""
 import torch
 
 import demo.fastdecode as fastdecode
@@ -90,22 +91,94 @@ def test_a_kernel_that_mixes_rows_makes_the_step_run_rows_alone(monkeypatch):
     assert lean.checked() and lean.group_rows is True
     real = fastdecode._sdpa
 
-    def batch_variant(attention, q, keys, values):  # a kernel whose result depends on the batch it is in
-        out = real(attention, q, keys, values)
+    def batch_variant(attention, q, keys, values, fold=False):  # a kernel whose result depends on its batch
+        out = real(attention, q, keys, values, fold)
         return out * 1.01 if q.shape[0] > 1 else out
 
     monkeypatch.setattr(fastdecode, "_sdpa", batch_variant)
     assert not lean.rows_attend_alone_in_a_group()
-    assert lean.checked() and lean.group_rows is False
+    assert lean.checked() and lean.group_rows is False and lean.fold_heads is False
     monkeypatch.setattr(lean, "rows_attend_alone_in_a_group", lambda: True)  # the probe misses it: the check does not
     assert lean.checked() and lean.group_rows is False
 
 
-def test_fp32_attention_runs_rows_alone():
-    """This CPU's fp32 kernel gives a row in a batch other bits than alone at most lengths."""
+def test_fp32_attention_runs_rows_alone_and_unfolded():
+    """This CPU's fp32 kernel gives a row in a batch other bits than alone at most lengths, folded or not."""
     from demo.batching import rowwise_attention
 
     model = make_tiny_llama()
     rowwise_attention(model)
     lean = LeanDecode.fuse(model)
-    assert lean.checked() and lean.group_rows is False
+    assert lean.checked() and lean.group_rows is False and lean.fold_heads is False
+
+
+def test_folded_heads_give_a_row_its_bits_alone_and_stock_values_within_rounding(smollm):
+    """On the default model's head shapes: rows of mixed lengths, left-padded as the loop pads them."""
+    lean = batcher_for(smollm).lean
+    assert lean.fold_heads and lean.heads_fold_soundly()
+    attention = smollm.model.model.layers[0].self_attn
+    generator = torch.Generator().manual_seed(3)
+    lengths, width = [150, 150, 77, 150, 9], 150
+    q = torch.randn(len(lengths), 9, 1, 64, generator=generator).to(torch.bfloat16)
+    keys, values = (torch.randn(len(lengths), 3, width, 64, generator=generator).to(torch.bfloat16)
+                    for _ in range(2))
+    folded = fastdecode._rowwise_sdpa(attention, q, keys, values, lengths, fold=True)
+    stock = fastdecode._rowwise_sdpa(attention, q, keys, values, lengths, group_rows=False)
+    for b, n in enumerate(lengths):
+        row = fastdecode._sdpa(attention, q[b:b + 1], keys[b:b + 1, :, width - n:], values[b:b + 1, :, width - n:],
+                               fold=True)
+        assert torch.equal(folded[b:b + 1], row)
+    assert fastdecode.within_rounding(folded, stock)
+    assert not fastdecode.within_rounding(folded[:, :, [1, 0, *range(2, 9)]], stock)  # a head out of place
+
+
+def test_the_folded_step_stays_within_rounding_of_forward(smollm):
+    """Logits of the real default model, folded against forward()'s, over a few steps of one prompt."""
+    from transformers import DynamicCache
+
+    lean, model = batcher_for(smollm).lean, smollm.model
+    assert lean.fold_heads
+    prompt = torch.tensor([smollm.tokenizer.encode("The capital of France is")])
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        token = torch.tensor([[smollm.tokenizer.encode(" Paris")[0]]])
+        for step in range(3):
+            length = prompt.shape[1] + step
+            expected = model(input_ids=token, position_ids=torch.tensor([[length]]), past_key_values=caches[0],
+                             use_cache=True, row_lengths=[length + 1]).logits[:, -1, :]
+            got = lean.step(token, torch.tensor([[length]]), caches[1], [length + 1])
+            gap = (got.float() - expected.float()).abs().max() / expected.float().abs().max()
+            assert gap < 0.02 and got.argmax() == expected.argmax()
+            token = expected.argmax(dim=-1, keepdim=True)
+
+
+def test_a_fold_that_maps_heads_wrongly_is_refused(monkeypatch):
+    from demo.batching import rowwise_attention
+
+    model = make_tiny_llama().to(torch.bfloat16)
+    rowwise_attention(model)
+    lean = LeanDecode.fuse(model)
+    assert lean.checked() and lean.fold_heads is True
+    real = fastdecode._sdpa
+
+    def heads_swapped(attention, q, keys, values, fold=False):  # query head h on key/value head h % kv heads
+        if not fold:
+            return real(attention, q, keys, values)
+        rows, heads, _, dim = q.shape
+        interleaved = q.view(rows, attention.num_key_value_groups, -1, 1, dim).transpose(1, 2).reshape(q.shape)
+        return real(attention, interleaved, keys, values, fold=True)
+
+    monkeypatch.setattr(fastdecode, "_sdpa", heads_swapped)
+    assert lean.checked() and lean.fold_heads is False
+
+
+def test_HUB_FOLD_HEADS_0_keeps_attention_bitwise_stock(monkeypatch):
+    from demo.batching import rowwise_attention
+
+    monkeypatch.setattr(fastdecode, "FOLD_HEADS", False)
+    model = make_tiny_llama().to(torch.bfloat16)
+    rowwise_attention(model)
+    lean = LeanDecode.fuse(model)
+    assert lean.checked() and lean.fold_heads is False and lean.heads_fold_soundly()
