@@ -16,6 +16,15 @@ def make_tiny_llama(seed=0):
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_lean(dtype=torch.float32) -> LeanDecode:
+    """The lean step (not yet checked) of a tiny Llama with the loop's row-wise attention."""
+    from demo.batching import rowwise_attention
+
+    model = make_tiny_llama().to(dtype)
+    rowwise_attention(model)
+    return LeanDecode.fuse(model)
+
+
 def test_the_default_model_decodes_through_the_checked_lean_step(smollm):
     lean = batcher_for(smollm).lean
     assert lean is not None and lean.matches_forward(steps=4)
@@ -51,9 +60,7 @@ def test_fused_projections_are_views_not_copies(smollm):
 def test_a_tiny_llama_is_checked_equal_and_a_hooked_one_keeps_forward():
     from demo.batching import rowwise_attention
 
-    model = make_tiny_llama()
-    rowwise_attention(model)
-    lean = LeanDecode.fuse(model)
+    lean = tiny_lean()
     assert lean is not None and lean.checked()
     hooked = make_tiny_llama()
     rowwise_attention(hooked)
@@ -83,11 +90,7 @@ def test_grouped_attention_gives_each_row_what_it_gets_alone(smollm):
 
 
 def test_a_kernel_that_mixes_rows_makes_the_step_run_rows_alone(monkeypatch):
-    from demo.batching import rowwise_attention
-
-    model = make_tiny_llama().to(torch.bfloat16)
-    rowwise_attention(model)
-    lean = LeanDecode.fuse(model)
+    lean = tiny_lean(torch.bfloat16)
     assert lean.checked() and lean.group_rows is True
     real = fastdecode._sdpa
 
@@ -104,11 +107,7 @@ def test_a_kernel_that_mixes_rows_makes_the_step_run_rows_alone(monkeypatch):
 
 def test_fp32_attention_runs_rows_alone_and_unfolded():
     """This CPU's fp32 kernel gives a row in a batch other bits than alone at most lengths, folded or not."""
-    from demo.batching import rowwise_attention
-
-    model = make_tiny_llama()
-    rowwise_attention(model)
-    lean = LeanDecode.fuse(model)
+    lean = tiny_lean()
     assert lean.checked() and lean.group_rows is False and lean.fold_heads is False
 
 
@@ -155,11 +154,7 @@ def test_the_folded_step_stays_within_rounding_of_forward(smollm):
 
 
 def test_a_fold_that_maps_heads_wrongly_is_refused(monkeypatch):
-    from demo.batching import rowwise_attention
-
-    model = make_tiny_llama().to(torch.bfloat16)
-    rowwise_attention(model)
-    lean = LeanDecode.fuse(model)
+    lean = tiny_lean(torch.bfloat16)
     assert lean.checked() and lean.fold_heads is True
     real = fastdecode._sdpa
 
@@ -175,10 +170,6 @@ def test_a_fold_that_maps_heads_wrongly_is_refused(monkeypatch):
 
 
 def test_HUB_FOLD_HEADS_0_keeps_attention_bitwise_stock(monkeypatch):
-    from demo.batching import rowwise_attention
-
     monkeypatch.setattr(fastdecode, "FOLD_HEADS", False)
-    model = make_tiny_llama().to(torch.bfloat16)
-    rowwise_attention(model)
-    lean = LeanDecode.fuse(model)
+    lean = tiny_lean(torch.bfloat16)
     assert lean.checked() and lean.fold_heads is False and lean.heads_fold_soundly()
