@@ -91,10 +91,14 @@ def rowwise_attention(model) -> None:
 def row_consistent_linears(model, max_batch: int, extra=()) -> dict:
     """Make every Linear give each row of a batch exactly what it gives that row alone.
 
-    BLAS kernels pick their blocking by the number of rows, so a batch of 3+ rows can round differently
-    from 1 row (here: bf16 down_proj, 1536 inputs). Each distinct Linear shape is probed once; where a
-    batch disagrees, the layer runs in chunks of the largest row count that agrees (prefill and a
-    single stream never split). Returns {(in, out): chunk} for the layers that were split.
+    BLAS kernels pick their kernel by the number of rows, so a batch can round differently from 1 row
+    (here: bf16 down_proj, 1536 inputs). Each distinct Linear shape is probed once; where a batch
+    disagrees, the layer runs in chunks of the largest row count that agrees (prefill and a single stream
+    never split). Returns {(in, out): chunk} for the layers that were split.
+
+    Such a layer is also probed for whether, from two rows on, a row gets the same bits in any batch
+    (`_hub_paired`; here oneDNN's multi-row kernel does). The lean step (demo.fastdecode) then runs it
+    whole, a single row as two, through `_hub_whole`: batch-invariant, but not the one-row kernel's bits.
     """
     groups: dict = {}
     for module in [*model.modules(), *extra]:
@@ -107,9 +111,11 @@ def row_consistent_linears(model, max_batch: int, extra=()) -> dict:
     split = {}
     for (n_in, n_out, _, _), modules in groups.items():
         chunk = _agreeing_rows(modules[0], max_batch)
+        paired = chunk < max_batch and _rows_agree_from_two(modules[0], max_batch)
         for module in modules:
-            module._hub_rows = chunk
+            module._hub_rows, module._hub_paired = chunk, paired
             if chunk < max_batch:
+                module._hub_whole = module.forward
                 module.forward = _in_chunks(module.forward, chunk)
         if chunk < max_batch:
             split[(n_in, n_out)] = chunk
@@ -140,6 +146,22 @@ def _agreeing_rows(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> 
         if agreeing == 1:
             break
     return agreeing
+
+
+@torch.inference_mode()
+def _rows_agree_from_two(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> bool:
+    """Whether every row of a 2..max_batch-row call gets the bits it gets in a 2-row call beside another
+    row: a kernel for two rows or more that computes each row on its own."""
+    trials = max(2, min(trials, -(-trials * 4096 // linear.out_features)))
+    weight = linear.weight
+    device = "cpu" if weight.is_meta else weight.device
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    for _ in range(trials):
+        x = heavy_tailed((max_batch, 1, linear.in_features), generator).to(device, weight.dtype)
+        paired = torch.cat([linear.forward(x[[i, (i + 1) % max_batch]])[:1] for i in range(max_batch)])
+        if any(not torch.equal(linear.forward(x[:rows]), paired[:rows]) for rows in range(2, max_batch + 1)):
+            return False
+    return True
 
 
 def _in_chunks(forward, rows: int):

@@ -11,9 +11,10 @@ The fused weights are the originals concatenated, and the original projections b
 them, so no weight is held twice. Where the CPU has the kernels, `prepack` then hands every projection
 to oneDNN's packed layout (demo.prepack), again only where the products stay bitwise equal.
 
-One part is not bitwise `model(...)` by default: attention with folded query heads (see `_sdpa`). It
-gives each row exactly what that row gets alone, in any batch, and stock attention's values to within
-rounding; `HUB_FOLD_HEADS=0` turns it off, and replies are then bitwise those of `generate`.
+Two parts are not bitwise `model(...)` by default: attention with folded query heads (see `_sdpa`), and
+a Linear whose one-row kernel rounds otherwise than its multi-row kernel run as at least two rows (see
+`_project`). Each gives a row exactly what it gets alone, in any batch, and stock values to within
+rounding. `HUB_EXACT_DECODE=1` turns both off, and replies are then bitwise those of `generate`.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from transformers.models.llama.modeling_llama import rotate_half  # the same fun
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("llama", "qwen2")  # decoder layers of exactly the shape this step computes
-FOLD_HEADS = os.environ.get("HUB_FOLD_HEADS", "1") != "0"  # 0: attention bitwise as generate() computes it
+EXACT = os.environ.get("HUB_EXACT_DECODE", "0") == "1"  # 1: every step bitwise as generate() computes it
 PROBE_LENGTHS = [*range(1, 65), 100, 129, 257, 513, 1025]
 
 
@@ -37,6 +38,7 @@ class LeanDecode:
         self.inner = model.model
         self.group_rows = True  # rows of one length share one attention call (see _rowwise_sdpa)
         self.fold_heads = False  # query heads of one key/value head attend as one (see _sdpa); set by checked()
+        self.pair_rows = False  # Linears with a row-by-row one-row kernel run whole (see _project); set by checked()
 
     # -- building and checking -------------------------------------------------------------------
     @classmethod
@@ -71,19 +73,19 @@ class LeanDecode:
         Rows of one length share an attention call only where `rows_attend_alone_in_a_group` finds that
         exact; the check's two-row batches (of one length) then test that too, and should they differ,
         the step runs every row's attention alone, as forward() does, and is checked again. The check
-        runs with unfolded heads, as forward() attends; folding is turned on afterwards, where
-        `heads_fold_soundly` finds it sound."""
-        before = self.group_rows, self.fold_heads
-        self.fold_heads = False
+        runs with unfolded heads and row-by-row Linears, as forward() computes; unless HUB_EXACT_DECODE=1,
+        those two are then turned on, folding only where `heads_fold_soundly` finds it sound."""
+        before = self.group_rows, self.fold_heads, self.pair_rows
         try:
             for self.group_rows in ((True, False) if self.rows_attend_alone_in_a_group() else (False,)):
                 if self.matches_forward():
-                    self.fold_heads = FOLD_HEADS and self.heads_fold_soundly()
+                    self.fold_heads = not EXACT and self.heads_fold_soundly()
+                    self.pair_rows = not EXACT
                     return True
             log.info("lean decode differs from forward() for %s; keeping forward()", type(self.model).__name__)
         except Exception:
             log.exception("lean decode check failed; keeping forward()")
-        self.group_rows, self.fold_heads = before  # a failed check leaves the step as it was
+        self.group_rows, self.fold_heads, self.pair_rows = before  # a failed check leaves the step as it was
         return False
 
     def _probe_inputs(self, rows: int, length: int, generator: torch.Generator):
@@ -134,7 +136,16 @@ class LeanDecode:
 
     @torch.inference_mode()
     def matches_forward(self, steps: int = 2) -> bool:
-        """Decode a few steps from the same prompt both ways, one row and two, and compare every logit."""
+        """Decode a few steps from the same prompt both ways, one row and two, and compare every logit.
+        The step runs as in exact mode (unfolded heads, row-by-row Linears), as forward() computes."""
+        saved = self.fold_heads, self.pair_rows
+        self.fold_heads = self.pair_rows = False
+        try:
+            return self._matches_forward(steps)
+        finally:
+            self.fold_heads, self.pair_rows = saved
+
+    def _matches_forward(self, steps: int) -> bool:
         from transformers import DynamicCache
 
         generator = torch.Generator().manual_seed(0)
@@ -173,7 +184,7 @@ class LeanDecode:
     def _layer(self, hidden, fused, cache_layer, cos, sin, row_lengths):
         attention, rows, head_dim = fused["attention"], hidden.shape[0], fused["head_dim"]
         x = _norm(fused["norm_in"], hidden)
-        qk, v = fused["qkv"].forward(x).split(fused["qk_v_sizes"], dim=-1)
+        qk, v = self._project(fused["qkv"], x).split(fused["qk_v_sizes"], dim=-1)
         # q and k rotated in one go: the same elementwise products and sums, on fewer, larger tensors
         qk = qk.view(rows, 1, -1, head_dim)
         qk = qk * cos + rotate_half(qk) * sin
@@ -183,10 +194,20 @@ class LeanDecode:
         cache_layer.values = torch.cat([cache_layer.values, v], dim=-2)
         out = _rowwise_sdpa(attention, q, cache_layer.keys, cache_layer.values, row_lengths, self.group_rows,
                             self.fold_heads)
-        hidden = hidden + fused["o"].forward(out.reshape(rows, 1, -1).contiguous())
+        hidden = hidden + self._project(fused["o"], out.reshape(rows, 1, -1).contiguous())
         x = _norm(fused["norm_post"], hidden)
-        gate, up = fused["gate_up"].forward(x).split(fused["mlp_sizes"], dim=-1)
-        return hidden + fused["down"].forward(fused["act"](gate) * up)
+        gate, up = self._project(fused["gate_up"], x).split(fused["mlp_sizes"], dim=-1)
+        return hidden + self._project(fused["down"], fused["act"](gate) * up)
+
+    def _project(self, linear, x):
+        """`linear(x)`. A Linear the loop runs row by row (its one-row kernel rounds otherwise than its
+        multi-row one, demo.batching) runs whole instead where a row's bits do not depend on the others
+        from two rows on, and a single row runs as two: 4 rows of the default model's down_proj take 32 us
+        instead of 181, and one row the same 32 us as before."""
+        whole = getattr(linear, "_hub_whole", None)
+        if whole is None or not self.pair_rows or not linear._hub_paired:
+            return linear.forward(x)
+        return whole(x) if x.shape[0] > 1 else whole(torch.cat([x, x]))[:1]
 
 
 def _rowwise_sdpa(attention, q, keys, values, row_lengths, group_rows=True, fold=False):

@@ -1,5 +1,5 @@
 """The batched decode loop on the real default model: a reply is the same with or without other users, and
-with unfolded heads (HUB_FOLD_HEADS=0) exactly bare `generate`'s."""
+in exact mode (HUB_EXACT_DECODE=1) exactly bare `generate`'s."""
 import threading
 import time
 
@@ -51,15 +51,17 @@ def references(stock):
 
 @pytest.fixture(scope="module")
 def alone(smollm):
-    """Greedy tokens of the hub for PROMPTS, one request at a time (default: folded heads)."""
-    assert batcher_for(smollm).lean.fold_heads
+    """Greedy tokens of the hub for PROMPTS, one request at a time (default: folded heads, paired rows)."""
+    lean = batcher_for(smollm).lean
+    assert lean.fold_heads and lean.pair_rows
     return [complete(smollm, chat(p), greedy(smollm)).output_ids for p in PROMPTS]
 
 
 @pytest.fixture
-def unfolded(smollm, monkeypatch):
-    """The loop as with HUB_FOLD_HEADS=0: attention bitwise as `generate` computes it."""
+def exact(smollm, monkeypatch):
+    """The loop as with HUB_EXACT_DECODE=1: every step bitwise as `generate` computes it."""
     monkeypatch.setattr(batcher_for(smollm).lean, "fold_heads", False)
+    monkeypatch.setattr(batcher_for(smollm).lean, "pair_rows", False)
     return smollm
 
 
@@ -87,9 +89,9 @@ def test_fakes_without_a_kv_cache_keep_the_generate_path():
     assert batcher_for(scripted("abc")) is None
 
 
-def test_unfolded_the_loop_alone_gives_exactly_bare_generate(unfolded, references):
+def test_exact_the_loop_alone_gives_exactly_bare_generate(exact, references):
     for text, reference in zip(PROMPTS[:2], references):
-        assert complete(unfolded, chat(text), greedy(unfolded)).output_ids == reference
+        assert complete(exact, chat(text), greedy(exact)).output_ids == reference
 
 
 def four_at_once(loaded):
@@ -103,8 +105,8 @@ def test_four_at_once_with_staggered_joins_give_what_each_gets_alone(smollm, alo
     assert four_at_once(smollm) == alone
 
 
-def test_unfolded_four_at_once_give_exactly_bare_generate(unfolded, references):
-    assert four_at_once(unfolded) == references
+def test_exact_four_at_once_give_exactly_bare_generate(exact, references):
+    assert four_at_once(exact) == references
 
 
 def test_rows_admitted_together_share_attention_calls_and_stay_exact(smollm, monkeypatch):

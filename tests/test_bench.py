@@ -38,13 +38,13 @@ def test_report_has_every_section_with_finite_numbers(report):
 
     assert data["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
     single = data["single_stream"]
-    for key in ("bare_generate_tok_s", "engine_tok_s", "engine_unfolded_tok_s", "engine_generate_path_tok_s"):
+    for key in ("bare_generate_tok_s", "engine_tok_s", "engine_exact_tok_s", "engine_generate_path_tok_s"):
         assert single[key] > 0
-    # with unfolded heads the batched loop, and the generate path, give bare generate's greedy tokens; the
-    # default (folded heads) is reported, not asserted: it may round a near tie the other way
+    # in exact mode the batched loop, and the generate path, give bare generate's greedy tokens; the
+    # default (batch-invariant rounding) is reported, not asserted: it may round a near tie the other way
     equal = single["greedy_equal_to_bare"]
-    assert set(equal) == {"engine", "engine_unfolded", "engine_generate_path"}
-    assert equal["engine_unfolded"] is True and equal["engine_generate_path"] is True
+    assert set(equal) == {"engine", "engine_exact", "engine_generate_path"}
+    assert equal["engine_exact"] is True and equal["engine_generate_path"] is True
     assert data["ttft"]["bare_prefill_s"] > 0 and data["ttft"]["hub_ttft_s"] > 0
     assert data["switch"]["cold_s"] > 0 and data["switch"]["bare_from_pretrained_s"] > 0
     assert len(data["switch"]["cold_samples_s"]) == len(data["switch"]["bare_samples_s"]) == 1
@@ -67,7 +67,7 @@ def test_hub_server_runs_concurrent_clients_through_gradio_client_and_the_api(re
             assert run["requests"] == n and run["tokens"] > 0 and run["aggregate_tok_s"] > 0
             assert 0 < run["ttft_p50_s"] <= run["ttft_p95_s"]
             assert run["aggregate_tok_s_samples"] == [run["aggregate_tok_s"]]  # --repeats 1: one run each
-    for key in ("engine_vs_bare", "engine_unfolded_vs_bare", "server_vs_engine", "server_api_vs_engine", "switch_cold_vs_bare",
+    for key in ("engine_vs_bare", "engine_exact_vs_bare", "server_vs_engine", "server_api_vs_engine", "switch_cold_vs_bare",
                 "hub_2_clients_vs_1", "hub_api_2_clients_vs_1"):
         assert data["ratios"][key] > 0
 

@@ -169,7 +169,58 @@ def test_a_fold_that_maps_heads_wrongly_is_refused(monkeypatch):
     assert lean.checked() and lean.fold_heads is False
 
 
-def test_HUB_FOLD_HEADS_0_keeps_attention_bitwise_stock(monkeypatch):
-    monkeypatch.setattr(fastdecode, "FOLD_HEADS", False)
+def test_HUB_EXACT_DECODE_1_keeps_every_step_bitwise_stock(monkeypatch):
+    monkeypatch.setattr(fastdecode, "EXACT", True)
     lean = tiny_lean(torch.bfloat16)
-    assert lean.checked() and lean.fold_heads is False and lean.heads_fold_soundly()
+    assert lean.checked() and lean.heads_fold_soundly()
+    assert lean.fold_heads is False and lean.pair_rows is False
+
+
+def kernel_with_a_one_row_path(linear, one_row_shift=1e-2, per_row_count=0.0):
+    """Fake BLAS: a one-row call rounds otherwise than a multi-row call (as oneDNN's bf16 down_proj here);
+    with `per_row_count`, a multi-row call also depends on how many rows it has."""
+    import torch.nn.functional as F
+
+    def forward(x):
+        rows = x.shape[0]
+        return F.linear(x, linear.weight) + (one_row_shift if rows == 1 else per_row_count * rows)
+
+    linear.forward = forward
+    return linear
+
+
+def test_a_linear_whose_one_row_kernel_differs_runs_row_by_row_and_pairs_rows_where_sound():
+    from demo.batching import row_consistent_linears
+
+    sound, mixed = torch.nn.Linear(16, 8), torch.nn.Linear(16, 4)
+    model = torch.nn.Sequential(kernel_with_a_one_row_path(sound), kernel_with_a_one_row_path(mixed, per_row_count=1e-2))
+    assert row_consistent_linears(model, max_batch=4) == {(16, 8): 1, (16, 4): 1}
+    assert sound._hub_paired is True and mixed._hub_paired is False
+    x = torch.randn(4, 1, 16)
+    alone = torch.cat([sound.forward(x[i:i + 1]) for i in range(4)])  # the chunked forward: rows one by one
+    assert torch.equal(sound(x), alone)
+    assert torch.equal(sound._hub_whole(x)[2:3], sound._hub_whole(x[[2, 0]])[:1])  # whole: any batch of 2+
+
+
+def test_the_lean_step_gives_a_row_in_a_batch_the_logits_it_gets_alone(smollm):
+    """Folded heads, grouped attention and down_proj run whole: a row's logits are the same bits in a batch
+    of 4 as alone, on the real default model."""
+    from transformers import DynamicCache
+
+    lean, model = batcher_for(smollm).lean, smollm.model
+    assert lean.fold_heads and lean.pair_rows
+    generator = torch.Generator().manual_seed(5)
+    prompts = torch.randint(0, model.config.vocab_size, (4, 12), generator=generator)
+    tokens = torch.randint(0, model.config.vocab_size, (4, 1), generator=generator)
+
+    def decode(rows):
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            model(input_ids=prompts[rows], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            return [lean.step(tokens[rows], torch.full((len(rows), 1), 12 + s), cache, [13 + s] * len(rows))
+                    for s in range(2)]
+
+    together = decode([0, 1, 2, 3])
+    for row in range(4):
+        alone = decode([row])
+        assert all(torch.equal(t[row:row + 1], a) for t, a in zip(together, alone))
