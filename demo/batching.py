@@ -151,7 +151,10 @@ def _agreeing_rows(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> 
 @torch.inference_mode()
 def _rows_agree_from_two(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> bool:
     """Whether every row of a 2..max_batch-row call gets the bits it gets in a 2-row call beside another
-    row: a kernel for two rows or more that computes each row on its own."""
+    row (a kernel for two rows or more that computes each row on its own), and values within rounding of
+    the one-row kernel's."""
+    from .fastdecode import within_rounding
+
     trials = max(2, min(trials, -(-trials * 4096 // linear.out_features)))
     weight = linear.weight
     device = "cpu" if weight.is_meta else weight.device
@@ -160,6 +163,8 @@ def _rows_agree_from_two(linear: torch.nn.Linear, max_batch: int, trials: int = 
         x = heavy_tailed((max_batch, 1, linear.in_features), generator).to(device, weight.dtype)
         paired = torch.cat([linear.forward(x[[i, (i + 1) % max_batch]])[:1] for i in range(max_batch)])
         if any(not torch.equal(linear.forward(x[:rows]), paired[:rows]) for rows in range(2, max_batch + 1)):
+            return False
+        if not within_rounding(paired, torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)])):
             return False
     return True
 

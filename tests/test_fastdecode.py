@@ -192,10 +192,12 @@ def kernel_with_a_one_row_path(linear, one_row_shift=1e-2, per_row_count=0.0):
 def test_a_linear_whose_one_row_kernel_differs_runs_row_by_row_and_pairs_rows_where_sound():
     from demo.batching import row_consistent_linears
 
-    sound, mixed = torch.nn.Linear(16, 8), torch.nn.Linear(16, 4)
-    model = torch.nn.Sequential(kernel_with_a_one_row_path(sound), kernel_with_a_one_row_path(mixed, per_row_count=1e-2))
-    assert row_consistent_linears(model, max_batch=4) == {(16, 8): 1, (16, 4): 1}
-    assert sound._hub_paired is True and mixed._hub_paired is False
+    sound, mixed, far = torch.nn.Linear(16, 8), torch.nn.Linear(16, 4), torch.nn.Linear(16, 2)
+    model = torch.nn.Sequential(kernel_with_a_one_row_path(sound, one_row_shift=1e-7),
+                                kernel_with_a_one_row_path(mixed, one_row_shift=1e-7, per_row_count=1e-7),
+                                kernel_with_a_one_row_path(far))  # far: 1e-2 off, no rounding difference
+    assert row_consistent_linears(model, max_batch=4) == {(16, 8): 1, (16, 4): 1, (16, 2): 1}
+    assert sound._hub_paired is True and mixed._hub_paired is False and far._hub_paired is False
     x = torch.randn(4, 1, 16)
     alone = torch.cat([sound.forward(x[i:i + 1]) for i in range(4)])  # the chunked forward: rows one by one
     assert torch.equal(sound(x), alone)
@@ -209,6 +211,8 @@ def test_the_lean_step_gives_a_row_in_a_batch_the_logits_it_gets_alone(smollm):
 
     lean, model = batcher_for(smollm).lean, smollm.model
     assert lean.fold_heads and lean.pair_rows
+    down = model.model.layers[0].mlp.down_proj  # where this CPU's kernel needs it (here), run whole
+    assert down._hub_rows == batcher_for(smollm).max_batch or down._hub_paired
     generator = torch.Generator().manual_seed(5)
     prompts = torch.randint(0, model.config.vocab_size, (4, 12), generator=generator)
     tokens = torch.randint(0, model.config.vocab_size, (4, 1), generator=generator)
