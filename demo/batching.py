@@ -129,14 +129,8 @@ def _agreeing_rows(linear: torch.nn.Linear, max_batch: int, trials: int = 8) -> 
 
     A wide layer compares many outputs per trial, so it needs fewer trials: a vocabulary projection
     (49,152 outputs a row) gets 2, which keeps its probe to a tenth of a second."""
-    trials = max(2, min(trials, -(-trials * 4096 // linear.out_features)))
-    weight = linear.weight
-    device = "cpu" if weight.is_meta else weight.device  # a packed Linear's plain weight is freed (demo.prepack)
-    generator = torch.Generator(device="cpu").manual_seed(0)
     agreeing = max_batch
-    for _ in range(trials):
-        shape = (max_batch, 1, linear.in_features)
-        x = heavy_tailed(shape, generator).to(device, weight.dtype)
+    for x in _probe_batches(linear, max_batch, trials, seed=0):
         # forward(), not __call__: a probe is no real step, so the module's hooks must not see it
         alone = torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)])
         for rows in range(2, agreeing + 1):  # every first-`rows` batch against the same rows alone
@@ -155,18 +149,22 @@ def _rows_agree_from_two(linear: torch.nn.Linear, max_batch: int, trials: int = 
     the one-row kernel's."""
     from .fastdecode import within_rounding
 
-    trials = max(2, min(trials, -(-trials * 4096 // linear.out_features)))
-    weight = linear.weight
-    device = "cpu" if weight.is_meta else weight.device
-    generator = torch.Generator(device="cpu").manual_seed(1)
-    for _ in range(trials):
-        x = heavy_tailed((max_batch, 1, linear.in_features), generator).to(device, weight.dtype)
+    for x in _probe_batches(linear, max_batch, trials, seed=1):
         paired = torch.cat([linear.forward(x[[i, (i + 1) % max_batch]])[:1] for i in range(max_batch)])
         if any(not torch.equal(linear.forward(x[:rows]), paired[:rows]) for rows in range(2, max_batch + 1)):
             return False
         if not within_rounding(paired, torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)])):
             return False
     return True
+
+
+def _probe_batches(linear: torch.nn.Linear, max_batch: int, trials: int, seed: int):
+    """`trials` heavy-tailed inputs [max_batch, 1, in] for `linear`, fewer for a wide layer (see _agreeing_rows)."""
+    weight = linear.weight
+    device = "cpu" if weight.is_meta else weight.device  # a packed Linear's plain weight is freed (demo.prepack)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in range(max(2, min(trials, -(-trials * 4096 // linear.out_features)))):
+        yield heavy_tailed((max_batch, 1, linear.in_features), generator).to(device, weight.dtype)
 
 
 def _in_chunks(forward, rows: int):

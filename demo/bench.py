@@ -138,14 +138,15 @@ def _nothing(loaded: LoadedModel):
 def exact(loaded: LoadedModel):
     """The decode loop as with HUB_EXACT_DECODE=1: every step bitwise what generate() computes."""
     lean = getattr(loaded.batcher, "lean", None)
-    saved = (lean.fold_heads, lean.pair_rows) if lean is not None else None
-    if lean is not None:
-        lean.fold_heads = lean.pair_rows = False
+    if lean is None:  # no lean step: the loop, or generate(), already computes as generate() does
+        yield
+        return
+    saved = lean.fold_heads, lean.pair_rows
+    lean.fold_heads = lean.pair_rows = False
     try:
         yield
     finally:
-        if lean is not None:
-            lean.fold_heads, lean.pair_rows = saved
+        lean.fold_heads, lean.pair_rows = saved
 
 
 VARIANTS = {"engine": _nothing, "engine_exact": exact, "engine_generate_path": generate_path}
@@ -185,7 +186,6 @@ def single_stream(loaded: LoadedModel, bare, message: str, config: BenchConfig) 
     result = {f"{k}_tok_s": statistics.median(v) for k, v in rates.items()}
     result.update(samples=rates, tokens=tokens, greedy_equal_to_bare=equal)
     return result
-
 
 
 # -- (3) time to first token ------------------------------------------------------------------------
