@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .engine import CancelToken, Chunk, stream_chat
-from .hub import Hub, client_address
-from .limits import BUSY, RATE_LIMITED, TIMEOUT, REMOTE_ERROR, LimitError
+from .hub import Hub, client_address, login_keys
+from .limits import BUSY, RATE_LIMITED, REMOTE_ERROR, SHUTTING_DOWN, TIMEOUT, LimitError, is_text
 from .manager import UNAVAILABLE, ModelLoadError
+from .params import MAX_SEED, MAX_STOP_STRINGS, MAX_TEMPERATURE, MIN_SEED, stop_problem
 from .registry import UnknownModelError
 
-STATUS = {BUSY: 429, RATE_LIMITED: 429, TIMEOUT: 504, REMOTE_ERROR: 502}  # other codes: 400
+STATUS = {BUSY: 429, RATE_LIMITED: 429, TIMEOUT: 504, REMOTE_ERROR: 502, SHUTTING_DOWN: 503}  # others: 400
+MAX_JSON_DEPTH = 32  # a chat request nests 5 deep; deeper is refused before validation (no recursion)
+SERVER_FAULT = "the server failed while generating this reply (details are in its log)"
 _DONE = object()
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -43,14 +48,23 @@ def chunk_error(chunk: Chunk) -> ApiError:
     status = STATUS.get(code, 400 if chunk.code else 500)
     kind = ("rate_limit_error" if status == 429 else "server_error" if status >= 500
             else "invalid_request_error")
-    return ApiError(status, chunk.error or "generation failed", kind, code,
-                    retry_after_s=2.0 if status == 429 else None)
+    message = chunk.error or "generation failed"
+    if not chunk.code:  # a fault, not a refusal: the exception's text goes to the log, not to the client
+        log.error("generation failed: %s", message)
+        message = SERVER_FAULT
+    return ApiError(status, message, kind, code, retry_after_s=2.0 if status == 429 else None)
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[dict], None] = ""
+
+    @model_validator(mode="after")
+    def _content_needed(self):
+        if self.content is None and self.role != "assistant":  # OpenAI allows null for assistant turns only
+            raise ValueError(f"a {self.role} message needs content (got null)")
+        return self
 
 
 class ChatRequest(BaseModel):
@@ -62,11 +76,31 @@ class ChatRequest(BaseModel):
     stream: bool = False
     max_tokens: Optional[int] = Field(None, ge=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
-    seed: Optional[int] = None
+    temperature: Optional[float] = Field(None, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
+    top_k: Optional[int] = Field(None, ge=0)  # not OpenAI's, but vLLM and others take it
+    seed: Optional[int] = Field(None, ge=MIN_SEED, le=MAX_SEED)
+    stop: Union[str, list[str], None] = None
     n: int = Field(1, ge=1, le=1)
     stream_options: Optional[dict] = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _usable_temperature(cls, value):
+        from .params import MIN_TEMPERATURE
+
+        if value is not None and 0 < value < MIN_TEMPERATURE:  # divides the logits into inf/NaN
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value):
+        stops = [value] if isinstance(value, str) else list(value or [])
+        problem = stop_problem(stops)
+        if problem:
+            raise ValueError(problem)
+        return stops
 
     def plain_messages(self) -> list[dict]:
         return [{"role": "system" if m.role == "developer" else m.role, "content": text_of(m.content)}
@@ -74,7 +108,8 @@ class ChatRequest(BaseModel):
 
     def sampling(self) -> dict:
         values: dict[str, Any] = {"max_new_tokens": self.max_completion_tokens or self.max_tokens,
-                                  "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+                                  "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                                  "seed": self.seed, "stop": tuple(self.stop or ())}
         if self.temperature == 0:
             values["greedy"] = True
         return values
@@ -88,22 +123,40 @@ def text_of(content) -> str:
         if part.get("type") != "text":
             raise ApiError(400, f"content parts of type {part.get('type')!r} are not supported; send text",
                            param="messages")
-        parts.append(part.get("text", ""))
+        text = part.get("text", "")
+        if not isinstance(text, str):
+            raise ApiError(400, "a text content part needs a string `text`", param="messages")
+        parts.append(text)
     return "".join(parts)
 
 
-def client_of(request: Request, hub: Hub) -> str:
-    """The client a request counts against: its user or API key, else its address."""
+async def client_of(request: Request, hub: Hub) -> str:
+    """The client a request counts against: its user or API key, else its address.
+
+    A `user:password` token is checked (PBKDF2) on a thread, never on the event loop; failed tries back
+    off per address and per user (auth.LoginThrottle), answered 429 until the wait is over."""
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer ") and hub.access.enabled:
-        client = hub.access.check_bearer(auth[7:].strip())
+        token = auth[7:].strip()
+        client = hub.access.known_bearer(token)
         if client:
             return client
+        user, sep, _ = token.partition(":")
+        keys = login_keys(client_address(request.client.host if request.client else None), user if sep else None)
+        wait = hub.logins.wait_s(*keys)
+        if wait > 0:
+            raise ApiError(429, f"too many failed logins: try again in {wait:.0f} s", "rate_limit_error",
+                           "too_many_failed_logins", retry_after_s=wait)
+        client = await asyncio.to_thread(hub.access.check_bearer, token)
+        if client:
+            hub.logins.succeeded(*keys)
+            return client
+        hub.logins.failed(*keys)
         raise ApiError(401, "invalid API key or credentials", code="invalid_api_key")
     if hub.access.enabled:
         raise ApiError(401, "this hub needs an API key: send `Authorization: Bearer KEY` "
                             "(an --api-key, or user:password of an --auth user)", code="invalid_api_key")
-    return f"ip:{client_address(request.client.host if request.client else None, request.headers)}"
+    return f"ip:{client_address(request.client.host if request.client else None)}"
 
 
 def build_api_router(hub: Hub) -> APIRouter:
@@ -112,7 +165,7 @@ def build_api_router(hub: Hub) -> APIRouter:
     @router.get("/v1/models")
     async def list_models(request: Request):
         try:
-            client_of(request, hub)
+            await client_of(request, hub)
         except ApiError as e:
             return e.response()
         data = [{"id": s.id, "object": "model", "created": 0, "owned_by": "hub"}
@@ -125,11 +178,14 @@ def build_api_router(hub: Hub) -> APIRouter:
             return await _chat(hub, request)
         except ApiError as e:
             return e.response()
+        except Exception:  # a fault of the hub: OpenAI's JSON, and the details in the log only
+            log.exception("chat completion failed")
+            return ApiError(500, SERVER_FAULT, "server_error", "server_error").response()
 
     @router.get("/metrics")
     async def metrics(request: Request):
         try:
-            client_of(request, hub)
+            await client_of(request, hub)
         except ApiError as e:
             return e.response()
         return hub.metrics.snapshot(hub.manager)
@@ -138,7 +194,7 @@ def build_api_router(hub: Hub) -> APIRouter:
 
 
 async def _chat(hub: Hub, request: Request):
-    client = client_of(request, hub)
+    client = await client_of(request, hub)
     body = await _parse(request)
     try:
         hub.rate.charge(client)
@@ -171,14 +227,43 @@ async def _chat(hub: Hub, request: Request):
 
 
 async def _parse(request: Request) -> ChatRequest:
+    """The request, checked before anything shared is touched (the body's size is capped by demo/server.py)."""
     try:
-        return ChatRequest.model_validate(await request.json())
+        data = json.loads(await request.body(), parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:
-        if isinstance(e, ValidationError):
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    problem = _shape_problem(data)
+    if problem:
+        raise ApiError(400, problem)
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _shape_problem(data) -> str | None:
+    """Nesting deeper than MAX_JSON_DEPTH, or a string with a lone surrogate (JSON's \\ud800 escapes), which
+    no tokenizer or JSON encoder takes. Walked without recursion."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"the body nests deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, dict):
+            stack += [(k, depth) for k in value] + [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+        elif isinstance(value, str) and not is_text(value):
+            return "the body has a lone surrogate (\\ud800-\\udfff) in a string: not valid text"
+    return None
 
 
 async def _load(hub: Hub, model_id: str):
@@ -229,7 +314,8 @@ class _Pump:
     async def next(self):
         item = await self.queue.get()
         if isinstance(item, BaseException):
-            raise ApiError(500, f"{type(item).__name__}: {item}", "server_error", "server_error")
+            log.error("generation crashed", exc_info=item)
+            raise ApiError(500, SERVER_FAULT, "server_error", "server_error")
         return item
 
     async def chunks(self, first: Chunk):

@@ -36,7 +36,7 @@ def build_app(hub: Hub) -> gr.Blocks:
             with gr.Tab("Leaderboard", id="leaderboard") as leaderboard_tab:
                 leaderboard = build_leaderboard_tab(hub)
             with gr.Tab("Models", id="models"):
-                build_models_tab(hub)
+                models = build_models_tab(hub)
             with gr.Tab("Shared", id="shared", visible=False) as shared_tab:
                 shared = build_shared_tab()
         # The leaderboard reads the database whenever it is shown and after every vote.
@@ -50,6 +50,7 @@ def build_app(hub: Hub) -> gr.Blocks:
         app.load(apply_link, None, [tabs, chat["model"], chat["status"], compare["models"],
                                     compare["status"], shared_tab,
                                     shared["header"], *shared["chatbots"]], queue=False, api_visibility="private")
+        app.load(**models["reveal"], queue=False, api_visibility="private")
     return app
 
 
@@ -66,6 +67,9 @@ def serve(args) -> int:
     hub = make_hub(args.registry, args.memory_budget_gb, getattr(args, "votes", None))
     hub.set_limits(limits_from_args(hub.registry.limits, args))
     hub.access = build_access(args.auth, args.auth_file, args.api_key)
+    hub.trusted_proxies = tuple(getattr(args, "trusted_proxies", None) or ())
+    hub.admins = admins_from_args(hub, args)
+    hub.local_only = is_loopback(args.host) and not args.share and not hub.trusted_proxies
     for state in hub.manager.states():
         if state.status == "unavailable":
             print(f"note: {state.id} is unavailable: {state.detail}", file=sys.stderr)
@@ -79,9 +83,30 @@ def serve(args) -> int:
     return run(hub, app, args.host, args.port, share=args.share, share_server=args.share_server)
 
 
+def admins_from_args(hub: Hub, args) -> frozenset:
+    from .auth import AuthError
+
+    admins = frozenset(getattr(args, "admin", None) or ())
+    unknown = sorted(admins - set(hub.access.users))
+    if unknown:
+        raise AuthError(f"--admin {', '.join(unknown)}: not a user of --auth or --auth-file (an admin logs in "
+                        "like any user)")
+    return admins
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 LIMIT_ARGS = {"max_message_chars": "max_message_chars", "max_turns": "max_turns",
               "max_new_tokens": "max_new_tokens", "queue_size": "queue_size",
-              "generation_timeout": "generation_timeout_s", "rate_limit": "requests_per_minute"}
+              "generation_timeout": "generation_timeout_s", "rate_limit": "requests_per_minute",
+              "max_request_bytes": "max_request_bytes"}
 
 
 def limits_from_args(limits, args):

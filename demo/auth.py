@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ class AuthError(ValueError):
 
 def hash_password(password: str, iterations: int = ITERATIONS, salt: str | None = None) -> str:
     salt = salt or secrets.token_hex(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8", "surrogatepass"), salt.encode(), iterations)
     return f"{SCHEME}${iterations}${salt}${base64.b64encode(digest).decode()}"
 
 
@@ -53,20 +55,59 @@ class Access:
         stored = self.users.get(user)
         return stored is not None and check_password(password, stored)
 
-    def check_bearer(self, token: str) -> str | None:
-        """The client name for an API key or a `user:password` bearer token; None when it is neither."""
+    def known_bearer(self, token: str) -> str | None:
+        """The client name for an API key or an already verified `user:password` token (cheap: no PBKDF2)."""
         for key in self.api_keys:
             if hmac.compare_digest(token, key):
                 return f"key:{key[:6]}"
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if digest in self._verified:
-            return self._verified[digest]
+        return self._verified.get(hashlib.sha256(token.encode(errors="replace")).hexdigest())
+
+    def check_bearer(self, token: str) -> str | None:
+        """The client name for an API key or a `user:password` bearer token; None when it is neither.
+        May run PBKDF2 (tens of ms): callers on an event loop run it on a thread."""
+        known = self.known_bearer(token)
+        if known:
+            return known
+        digest = hashlib.sha256(token.encode(errors="replace")).hexdigest()
         user, sep, password = token.partition(":")
         if sep and self.check_user(user, password):
             if len(self._verified) < 1000:
                 self._verified[digest] = f"user:{user}"
             return f"user:{user}"
         return None
+
+
+class LoginThrottle:
+    """Failed logins back off exponentially, per client address and per user name: after FREE failures
+    each further one locks that key for BASE_S, 2·BASE_S, 4·BASE_S ... up to MAX_S. A success clears it."""
+
+    FREE, BASE_S, MAX_S = 3, 1.0, 300.0
+
+    def __init__(self):
+        self._state: dict[str, tuple[int, float]] = {}  # key -> (failures, locked until, monotonic)
+        self._lock = threading.Lock()
+
+    def wait_s(self, *keys: str) -> float:
+        """How long these keys must still wait before another try (0: go ahead)."""
+        now = time.monotonic()
+        with self._lock:
+            return max([0.0] + [self._state.get(k, (0, 0.0))[1] - now for k in keys])
+
+    def failed(self, *keys: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                failures = self._state.get(key, (0, 0.0))[0] + 1
+                delay = 0.0 if failures <= self.FREE else min(self.MAX_S, self.BASE_S * 2 ** (failures - self.FREE - 1))
+                self._state[key] = (failures, now + delay)
+            if len(self._state) > 10_000:  # forget keys whose lock ran out long ago
+                for key in [k for k, (_, until) in self._state.items() if now - until > self.MAX_S]:
+                    del self._state[key]
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._state.pop(key, None)
 
 
 def parse_user_pass(value: str) -> tuple[str, str]:

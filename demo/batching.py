@@ -282,9 +282,10 @@ class BatchedDecoder:
         out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         slot = _Slot(request, ids, *sampling_of(request.params, self._device()), position=ids.shape[1])
+        # The first token before the row joins: a request whose sampling fails never touches the batch.
+        self._take(slot, out.logits[:, -1, :])
         self._merge(cache, ids.shape[1])
         self.active.append(slot)
-        self._take(slot, out.logits[:, -1, :])
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -304,7 +305,12 @@ class BatchedDecoder:
                                 use_cache=True, row_lengths=lengths).logits[:, -1, :]
         for row, slot in enumerate(self.active):
             slot.position += 1
-            self._take(slot, logits[row:row + 1])
+            try:
+                self._take(slot, logits[row:row + 1])
+            except Exception as e:  # this row's sampling failed (e.g. NaN scores): end it, keep the others
+                log.exception("sampling failed for one row")
+                slot.request.finish(e)
+                slot.done = True
 
     def _take(self, slot: _Slot, logits: torch.Tensor) -> None:
         """Pick the next token of one row from its logits, hand it over, and decide whether the row ends."""

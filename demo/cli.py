@@ -141,6 +141,12 @@ def add_public_args(serve) -> None:
     share.add_argument("--auth", action="append", metavar="USER:PASS", help="a user (repeatable)")
     share.add_argument("--auth-file", help="users with hashed passwords, one user:pbkdf2_sha256$... a line")
     share.add_argument("--api-key", action="append", help="an API key for /v1 (repeatable; also $HUB_API_KEYS)")
+    share.add_argument("--admin", action="append", metavar="USER",
+                       help="an --auth/--auth-file user who may load and unload models (repeatable); without "
+                            "it, model management is open on a loopback-only hub and off on a public one")
+    share.add_argument("--trusted-proxies", metavar="ADDR[,ADDR]",
+                       help="proxy addresses or networks (e.g. 127.0.0.1,10.0.0.0/8) whose X-Forwarded-For "
+                            "names the client; without it every client is its socket address")
     limits = serve.add_argument_group("limits (default: the registry's `limits:` section)")
     limits.add_argument("--max-message-chars", type=int)
     limits.add_argument("--max-turns", type=int)
@@ -148,6 +154,21 @@ def add_public_args(serve) -> None:
     limits.add_argument("--queue-size", type=int, help="requests that may wait per model before 'busy'")
     limits.add_argument("--generation-timeout", type=float, metavar="SECONDS")
     limits.add_argument("--rate-limit", type=int, metavar="PER_MINUTE", help="requests per client (0: off)")
+    limits.add_argument("--max-request-bytes", type=int, metavar="BYTES",
+                        help="largest request body (default 1000000); larger ones get 413 unread")
+
+
+def proxy_list(value: str | None) -> tuple[str, ...]:
+    """--trusted-proxies as addresses and networks; a bad one is named."""
+    import ipaddress
+
+    items = tuple(v.strip() for v in (value or "").split(",") if v.strip())
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise CliError(f"--trusted-proxies: {item!r} is not an IP address or network") from None
+    return items
 
 
 def add_model_args(parser) -> None:
@@ -364,6 +385,7 @@ def cmd_serve(args) -> int:
 
     if args.share_server and not re.fullmatch(r"[^\s:]+:\d+", args.share_server):
         raise CliError(f"--share-server takes HOST:PORT (got {args.share_server!r})")
+    args.trusted_proxies = proxy_list(args.trusted_proxies)
     try:
         return serve(args)
     except AuthError as e:

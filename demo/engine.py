@@ -21,7 +21,8 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from adapters.base import AdapterError, ContextTooLong
 
-from .limits import CONTEXT_TOO_LONG, INVALID, TIMEOUT, LimitError, capped, check_messages
+from .limits import (CONTEXT_TOO_LONG, INVALID, SHUTDOWN, SHUTDOWN_MESSAGE, SHUTTING_DOWN, TIMEOUT, LimitError,
+                     capped, check_messages, check_params)
 from .batching import BatchedDecoder, can_batch
 from .loader import LoadedModel
 from .threads import on_own_thread
@@ -45,7 +46,7 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or SHUTDOWN.is_set()
 
     def __deepcopy__(self, memo) -> "CancelToken":
         # Gradio deep-copies session state; a copy belongs to no request yet, so it starts fresh.
@@ -113,6 +114,7 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
     params = capped(loaded.limits, params or loaded.defaults)
     try:
         check_messages(loaded.limits, messages)
+        check_params(params)
     except LimitError as e:
         yield Chunk("", "", Stats(), "error", str(e), code=e.code)
         return
@@ -128,7 +130,7 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
         return
     params = replace(params, max_new_tokens=prompt.max_new_tokens or params.max_new_tokens)
     yield from stream_ids(loaded, prompt.input_ids, params, cancel, prompt.stop_token_ids,
-                          prompt.stop_strings, **options)
+                          (*prompt.stop_strings, *params.stop), **options)
 
 
 def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: GenerationParams,
@@ -364,6 +366,9 @@ class _Run:
             return "error"
         if self.output_ids and self.output_ids[-1] in self.stop_ids:
             return "stop"
+        if SHUTDOWN.is_set():
+            self.failure, self.code = GenerationError(SHUTDOWN_MESSAGE), SHUTTING_DOWN
+            return "error"
         if self.cancel.cancelled:
             return "cancelled"
         return "length" if self.stats.new_tokens >= self.params.max_new_tokens else "stop"
@@ -372,6 +377,8 @@ class _Run:
         if finish != "error":
             return None
         failure = self.failure
+        if isinstance(failure, GenerationError):  # the engine's own reason (timeout, stall, shutdown)
+            return str(failure)
         return f"{type(failure).__name__}: {failure}" if failure else "generation failed"
 
     def _chunk(self, delta: str, finish: str | None = None, error: str | None = None) -> Chunk:

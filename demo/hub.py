@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .auth import Access
+from .auth import Access, LoginThrottle
 from .limits import RateLimiter
 from .manager import ERROR, UNAVAILABLE, ModelManager, ModelState
 from .metrics import Metrics
@@ -23,6 +23,10 @@ class Hub:
     access: Access = field(default_factory=Access)  # users and API keys; empty: open
     metrics: Metrics = field(default_factory=Metrics)
     votes: VoteStore | None = None  # arena votes and shared transcripts
+    trusted_proxies: tuple[str, ...] = ()  # --trusted-proxies: addresses whose X-Forwarded-For is believed
+    admins: frozenset = frozenset()  # --admin: users who may load and unload models
+    local_only: bool = True  # served on loopback only (no --share, no proxies): its one user manages models
+    logins: LoginThrottle = field(default_factory=LoginThrottle)  # failed logins back off (UI and API)
 
     def __post_init__(self):
         self.rate = RateLimiter(self.registry.limits.requests_per_minute)
@@ -41,6 +45,13 @@ class Hub:
         except LimitError as e:
             return f"⚠️ {e} Nothing was sent."
         return ""
+
+    def may_manage(self, request) -> bool:
+        """Whether the caller of a UI event may load and unload models: an --admin user, or anyone on a
+        loopback-only hub without --admin. Visitors of a public hub see the states only."""
+        if self.admins:
+            return getattr(request, "username", None) in self.admins
+        return self.local_only
 
     def choices(self) -> list[tuple[str, str]]:
         """(label, id) pairs for model dropdowns, every registry entry."""
@@ -79,6 +90,11 @@ class Hub:
         return self.manager.state(model_id)
 
 
+def login_keys(address: str, user: str | None) -> tuple[str, ...]:
+    """The keys a login attempt is throttled under: its client address, and the user it names."""
+    return (f"ip:{address}",) + ((f"user:{user}",) if user else ())
+
+
 def ui_client(request) -> str:
     """The client a UI event counts against for the rate limit: its user, else its address."""
     if request is None:
@@ -86,11 +102,10 @@ def ui_client(request) -> str:
     if getattr(request, "username", None):
         return f"user:{request.username}"
     client = getattr(request, "client", None)
-    return f"ip:{client_address(getattr(client, 'host', None), getattr(request, 'headers', None) or {})}"
+    return f"ip:{client_address(getattr(client, 'host', None))}"
 
 
-def client_address(host: str | None, headers) -> str:
-    """The caller's address. Behind a local proxy or the share tunnel (which connect from loopback) every
-    visitor would share one address, so there the X-Forwarded-For header names the visitor."""
-    forwarded = headers.get("x-forwarded-for", "") if host in ("127.0.0.1", "::1") else ""
-    return forwarded.split(",")[0].strip() or host or "unknown"
+def client_address(host: str | None) -> str:
+    """The caller's address: the socket's peer, which uvicorn replaces by the right-most untrusted
+    X-Forwarded-For entry only for a connection from a trusted proxy (demo/server.py: forwarded_allow)."""
+    return host or "unknown"

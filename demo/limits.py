@@ -19,6 +19,12 @@ BUSY, RATE_LIMITED = "server_busy", "rate_limit_exceeded"
 MESSAGE_TOO_LONG, TOO_MANY_TURNS = "message_too_long", "too_many_turns"
 CONTEXT_TOO_LONG, TIMEOUT, INVALID = "context_length_exceeded", "timeout", "invalid_request"
 REMOTE_ERROR = "remote_error"
+SHUTTING_DOWN = "server_shutdown"
+
+# Set once when the server is told to stop (SIGTERM, Ctrl-C; demo/server.py): every CancelToken reads as
+# cancelled, so each open generation ends within a step, with a final message that says why.
+SHUTDOWN = threading.Event()
+SHUTDOWN_MESSAGE = "the server is shutting down; this reply was cut short (try again in a moment)"
 
 REMOTE_CONCURRENCY = 8  # a serving engine batches; the hub lets this many through to it at once
 
@@ -41,6 +47,27 @@ def check_messages(limits: Limits, messages: Sequence[dict]) -> None:
         if isinstance(content, str) and len(content) > limits.max_message_chars:
             raise LimitError(MESSAGE_TOO_LONG, f"a {m.get('role', '')} message is {len(content):,} characters; "
                                                f"this hub allows {limits.max_message_chars:,}.")
+        if not isinstance(content, str) or not is_text(content):
+            raise LimitError(INVALID, f"a {m.get('role', '')} message is not valid text (a lone surrogate, "
+                                      "or not a string)")
+
+
+def is_text(value: str) -> bool:
+    """Whether `value` is encodable text: JSON's \\ud800 escapes give lone surrogates, which no tokenizer takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_params(params) -> None:
+    """Sampling values outside the documented ranges (demo/params.py) are refused before any work."""
+    problem = params.problem()
+    if problem is None and not all(is_text(s) for s in params.stop):
+        problem = "a stop string is not valid text (a lone surrogate)"
+    if problem:
+        raise LimitError(INVALID, problem)
 
 
 def capped(limits: Limits, params):

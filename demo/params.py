@@ -1,9 +1,16 @@
 """Sampling parameters, merged from the checkpoint's generation_config, the registry entry and the user."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed", "greedy")
+# The accepted ranges (README: "Sampling ranges"). A temperature just above 0 divides the logits into
+# inf/NaN, so below MIN_TEMPERATURE only 0 (greedy) is allowed; a seed must fit torch's 64-bit seed.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0
+MIN_SEED, MAX_SEED = -2**63, 2**64 - 1
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 200
+MAX_REPETITION_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
@@ -15,6 +22,7 @@ class GenerationParams:
     max_new_tokens: int = 256
     seed: int | None = None
     greedy: bool = False
+    stop: tuple[str, ...] = ()  # the caller's stop strings, on top of the family's; the reply ends before one
 
     def override(self, values: dict | None) -> "GenerationParams":
         """A copy with every non-None value of `values` that names a field."""
@@ -31,6 +39,40 @@ class GenerationParams:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def problem(self) -> str | None:
+        """Why these values cannot be used (every caller gets the same ranges), or None."""
+        if not _number(self.temperature) or not (
+                self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            return (f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g} "
+                    f"(got {self.temperature!r})")
+        if not _number(self.top_p) or not 0 < self.top_p <= 1:
+            return f"top_p must be above 0 and at most 1 (got {self.top_p!r})"
+        if not _integer(self.top_k) or self.top_k < 0:
+            return f"top_k must be an integer of 0 (off) or more (got {self.top_k!r})"
+        if not _number(self.repetition_penalty) or not 0 < self.repetition_penalty <= MAX_REPETITION_PENALTY:
+            return f"repetition_penalty must be above 0 and at most {MAX_REPETITION_PENALTY:g}"
+        if not _integer(self.max_new_tokens) or self.max_new_tokens < 1:
+            return f"max_new_tokens must be a positive integer (got {self.max_new_tokens!r})"
+        if self.seed is not None and (not _integer(self.seed) or not MIN_SEED <= self.seed <= MAX_SEED):
+            return "seed must be a 64-bit integer (from -2**63 to 2**64 - 1)"
+        return stop_problem(self.stop)
+
+
+def stop_problem(stop) -> str | None:
+    if len(stop) > MAX_STOP_STRINGS:
+        return f"at most {MAX_STOP_STRINGS} stop strings are allowed (got {len(stop)})"
+    if any(not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS for s in stop):
+        return f"each stop string must be 1 to {MAX_STOP_CHARS} characters"
+    return None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def from_generation_config(config) -> dict:

@@ -153,6 +153,7 @@ class Limits(Strict):
     queue_size: int = Field(8, ge=0, description="requests that may wait per model; beyond: busy")
     generation_timeout_s: float = Field(180.0, gt=0, description="a reply running longer ends with an error")
     requests_per_minute: int = Field(30, ge=0, description="per client (user, API key or IP); 0: no limit")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="largest request body; beyond: 413")
 
 
 class RegistryFile(Strict):

@@ -15,9 +15,11 @@ from typing import Iterator, Sequence
 
 import httpx
 
-from .limits import BUSY, CONTEXT_TOO_LONG, REMOTE_CONCURRENCY, REMOTE_ERROR, TIMEOUT, Gate
+from .limits import (BUSY, CONTEXT_TOO_LONG, REMOTE_CONCURRENCY, REMOTE_ERROR, SHUTDOWN, SHUTDOWN_MESSAGE,
+                     SHUTTING_DOWN, TIMEOUT, Gate)
 from .params import GenerationParams
 from .registry import Limits, ModelEntry
+from .textstream import StopStringFilter
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -68,6 +70,8 @@ class RemoteModel:
             body["top_p"] = params.top_p
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
         return body
 
     def stream_remote(self, messages, params, cancel=None, timeout_s: float | None = None,
@@ -102,6 +106,8 @@ class _RemoteStream:
         self.model, self.params, self.cancel = model, params, cancel
         self.timeout_s, self.stall_timeout_s = timeout_s, stall_timeout_s
         self.Chunk, self.stats, self.text = chunk_type, stats, ""
+        # The remote gets `stop` too; this holds it back here as well, for a server that ignores it.
+        self.stops = StopStringFilter(params.stop)
 
     def run(self, body: dict) -> Iterator:
         self.started = time.perf_counter()
@@ -119,6 +125,8 @@ class _RemoteStream:
                         if finish:
                             break
                         delta, finish = self._read(event)
+                        if self.stops.matched is not None:
+                            finish = "stop"
                         if delta:
                             yield self.Chunk(self.text, delta, _copy(self.stats))
                         if finish:
@@ -130,10 +138,14 @@ class _RemoteStream:
             error = f"remote {self.model.base_url}: {type(e).__name__}: {e or 'no answer'}"
         if finish == "error" and code == TIMEOUT:
             error = error or f"generation took longer than {self.timeout_s:g} s"
+        tail = self.stops.flush()
+        self.text += tail
         self.stats.elapsed_s = time.perf_counter() - self.started
-        yield self.Chunk(self.text, "", _copy(self.stats), finish or "stop", error, code=code)
+        yield self.Chunk(self.text, tail, _copy(self.stats), finish or "stop", error, code=code)
 
     def _finish_now(self) -> str | None:
+        if SHUTDOWN.is_set():
+            raise RemoteError(SHUTDOWN_MESSAGE, SHUTTING_DOWN)
         if self.cancel.cancelled:
             return "cancelled"
         if time.perf_counter() - self.started > self.timeout_s:
@@ -151,13 +163,14 @@ class _RemoteStream:
         delta = (choices[0].get("delta") or {}).get("content") or ""
         if delta:
             self._count(delta)
+            delta = self.stops.feed(delta)
+            self.text += delta
         return delta, choices[0].get("finish_reason")
 
     def _count(self, delta: str) -> None:
         now = time.perf_counter()
         if self.stats.ttft_s is None:
             self.stats.ttft_s, self.first_at = now - self.started, now
-        self.text += delta
         self.stats.new_tokens += 1  # one event per token on the engines we know; usage corrects it
         self.stats.elapsed_s = now - self.started
         span = now - self.first_at

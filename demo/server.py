@@ -5,9 +5,12 @@ network or a dead share server costs one line of output and never delays or stop
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 import sys
 import threading
+from contextvars import ContextVar
 from pathlib import Path
 
 import gradio as gr
@@ -15,7 +18,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from .api import build_api_router
-from .hub import Hub
+from .hub import Hub, client_address, login_keys
+from .limits import SHUTDOWN
 
 TUNNEL_WAIT_S = 60  # give up on the tunnel after this; local serving is unaffected either way
 # Gradio's queue looks for new events every 1 ms and for progress every 10 ms, whether or not anything
@@ -23,15 +27,110 @@ TUNNEL_WAIT_S = 60  # give up on the tunnel after this; local serving is unaffec
 # and 50 ms cost a fifth of that; a queued request starts at most 4 ms later.
 QUEUE_POLL_S = 0.005
 PROGRESS_POLL_S = 0.05
+# On SIGTERM: open streams get their final message at once; connections still open after GRACE_S (Gradio's
+# event streams never end by themselves) are closed, and the process is gone within EXIT_DEADLINE_S.
+GRACE_S, EXIT_DEADLINE_S = 3, 8.0
 
 
 def build_server(hub: Hub, blocks: gr.Blocks) -> FastAPI:
     app = FastAPI(title="Chat demo hub", docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limit=lambda: hub.registry.limits.max_request_bytes)
+    app.add_middleware(ClientAddress)
     app.include_router(build_api_router(hub))
-    auth = (lambda user, password: hub.access.check_user(user, password)) if hub.access.users else None
+    auth = login_checker(hub) if hub.access.users else None
     calm_queue(blocks)
     return gr.mount_gradio_app(app, blocks, path="", auth=auth, auth_message="Log in to use this demo hub.",
                                show_error=True)
+
+
+_client: ContextVar[str | None] = ContextVar("client", default=None)
+
+
+class ClientAddress:
+    """Keeps the request's client address (after uvicorn's proxy rule) where Gradio's login callback,
+    which gets only a user and a password, can read it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        client = scope.get("client") if scope["type"] == "http" else None
+        token = _client.set(client[0] if client else None)
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            _client.reset(token)
+
+
+def login_checker(hub: Hub):
+    """Gradio's login callback: throttled per address and per user (auth.LoginThrottle), and PBKDF2 on a
+    thread so a stream of guesses never stalls the event loop that serves everyone else."""
+    from fastapi import HTTPException
+
+    async def check(user: str, password: str) -> bool:
+        keys = login_keys(client_address(_client.get()), user)
+        wait = hub.logins.wait_s(*keys)
+        if wait > 0:
+            raise HTTPException(429, f"Too many failed logins: try again in {wait:.0f} s.",
+                                headers={"Retry-After": str(max(1, round(wait)))})
+        ok = await asyncio.to_thread(hub.access.check_user, user, password)
+        (hub.logins.succeeded if ok else hub.logins.failed)(*keys)
+        return ok
+
+    return check
+
+
+class BodyLimit:
+    """Refuses a request body over the hub's cap (limits.max_request_bytes) with 413 in OpenAI's error JSON:
+    by its Content-Length before reading it, or, for a chunked body, as soon as it passes the cap."""
+
+    def __init__(self, app, limit):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cap, headers = self.limit(), dict(scope["headers"])
+        if b"content-length" in headers:
+            length = headers[b"content-length"]
+            if not length.isdigit() or int(length) > cap:
+                return await _too_large(send, cap)
+            return await self.app(scope, receive, send)
+        if b"transfer-encoding" not in headers:  # no body
+            return await self.app(scope, receive, send)
+        held, size = [], 0
+        while True:  # chunked: read up to the cap, then hand what was read to the app
+            message = await receive()
+            held.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > cap:
+                return await _too_large(send, cap)
+            if not message.get("more_body"):
+                break
+
+        async def replay():
+            return held.pop(0) if held else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _too_large(send, cap: int) -> None:
+    body = json.dumps({"error": {"message": f"the request body is larger than this hub's limit of {cap:,} bytes",
+                                 "type": "invalid_request_error", "param": None,
+                                 "code": "request_too_large"}}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def forwarded_allow(hub: Hub, share: bool) -> list[str]:
+    """The proxies whose X-Forwarded-For is believed (uvicorn then takes its right-most untrusted entry):
+    --trusted-proxies, and with --share the tunnel's local end, after which the share server appends the
+    visitor's address. Empty: every caller is its socket address, whatever headers it sends."""
+    return [*hub.trusted_proxies, *(("127.0.0.1", "::1") if share else ())]
 
 
 def calm_queue(blocks: gr.Blocks) -> None:
@@ -46,16 +145,56 @@ def calm_queue(blocks: gr.Blocks) -> None:
 def run(hub: Hub, blocks: gr.Blocks, host: str, port: int, share: bool = False,
         share_server: str | None = None) -> int:
     app = build_server(hub, blocks)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           timeout_graceful_shutdown=5))
+    proxies = forwarded_allow(hub, share)
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    timeout_graceful_shutdown=GRACE_S, proxy_headers=bool(proxies),
+                                    forwarded_allow_ips=proxies or None))
     local = f"http://{host}:{port}"
     print(f"Serving {len(hub.registry)} models on {local} (API: {local}/v1)", flush=True)
     if share:
         warn_if_open(hub)
         threading.Thread(target=_share_when_up, args=(server, host, port, share_server), daemon=True,
                          name="share-tunnel").start()
-    server.run()
+    try:
+        server.run()
+    finally:
+        _close_tunnels()
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: the first SIGTERM or Ctrl-C ends every open generation with a final message
+    (limits.SHUTDOWN), and the process exits within EXIT_DEADLINE_S even if something still holds it."""
+
+    def handle_exit(self, sig, frame) -> None:
+        if not SHUTDOWN.is_set():
+            SHUTDOWN.set()
+            print("Shutting down: ending open replies.", file=sys.stderr, flush=True)
+            threading.Thread(target=_exit_after, args=(EXIT_DEADLINE_S,), daemon=True, name="exit-deadline").start()
+        super().handle_exit(sig, frame)
+
+
+def _exit_after(seconds: float) -> None:
+    import os
+    import time
+
+    time.sleep(seconds)
+    print(f"Still running {seconds:g} s after the signal: exiting now.", file=sys.stderr, flush=True)
+    _close_tunnels()
+    os._exit(0)
+
+
+def _close_tunnels() -> None:
+    """End the share tunnel's frpc process with the hub (Gradio does it at exit, which os._exit skips)."""
+    try:
+        from gradio.tunneling import CURRENT_TUNNELS
+    except ImportError:
+        return
+    for tunnel in list(CURRENT_TUNNELS):
+        try:
+            tunnel.kill()
+        except Exception:  # already gone
+            pass
 
 
 def warn_if_open(hub: Hub) -> None:

@@ -62,7 +62,7 @@ def test_model_link_and_an_unknown_model(hub):
     tabs, model, status, *_ = links.on_load(hub, {"model": "gamma"})
     assert tabs["selected"] == "chat" and model["value"] == "gamma"
     _, _, status, *_ = links.on_load(hub, {"model": "zeta"})
-    assert "`zeta`" in status
+    assert "“zeta”" in status
 
 
 def test_transcript_link_shows_the_saved_panes(hub):

@@ -150,10 +150,16 @@ def test_chat_tab_send_is_rate_limited_per_client_and_keeps_the_text():
     assert text == "second" and "too many requests" in status and len(session.turns) == 1
 
 
-def test_client_address_trusts_forwarded_for_only_from_loopback():
-    from demo.hub import client_address
+def test_forwarded_for_is_believed_only_from_named_proxies():
+    """uvicorn takes the right-most untrusted X-Forwarded-For entry from these addresses only; the real
+    process test (tests/test_hardening_server.py) shows a spoofed header changing nothing."""
+    from demo.hub import Hub
+    from demo.manager import ModelManager
+    from demo.server import forwarded_allow
 
-    forwarded = {"x-forwarded-for": "203.0.113.7, 10.0.0.1"}
-    assert client_address("127.0.0.1", forwarded) == "203.0.113.7"  # the share tunnel / a local proxy
-    assert client_address("198.51.100.2", forwarded) == "198.51.100.2"  # a visitor cannot pick its name
-    assert client_address("127.0.0.1", {}) == "127.0.0.1"
+    registry = parse_registry(REMOTE, "reg.yaml")
+    hub = Hub(registry, ModelManager(registry))
+    assert forwarded_allow(hub, share=False) == []  # the socket address, whatever the headers say
+    assert forwarded_allow(hub, share=True) == ["127.0.0.1", "::1"]  # the tunnel's end; frps appends the visitor
+    hub.trusted_proxies = ("10.0.0.0/8",)
+    assert forwarded_allow(hub, share=False) == ["10.0.0.0/8"]

@@ -14,7 +14,7 @@ from ..arena import LABELS, ArenaError, ArenaRound, cast_vote, draw_pair
 from ..compare import Comparison, own_defaults
 from ..hub import Hub
 from ..votes import VoteError
-from .chat_handlers import MAX_MESSAGE_CHARS
+from .chat_handlers import charge, too_long_for
 from .compare_handlers import UI_TICK_S
 
 SIDES = ("A", "B")
@@ -25,6 +25,7 @@ class ArenaSession:
     round: ArenaRound | None = None
     comparison: Comparison | None = None
     errors: tuple = (None, None)  # the last reply's error per side (shown unnamed before the vote)
+    paid: bool = False  # the last send was charged to the rate limit (see chat_handlers.charge)
 
     def stop(self) -> None:
         """Stop both answers; what they wrote so far stays and can be voted on."""
@@ -83,8 +84,8 @@ def user_message(hub: Hub, text: str, session: ArenaSession, request=None):
     session.discard()
     text = (text or "").strip()
     problem = "Type a message first." if not text else hub.over_rate(request)
-    if not problem and len(text) > MAX_MESSAGE_CHARS:
-        problem = f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent."
+    if not problem:
+        problem = too_long_for(hub, text)
     if not problem and session.round is not None and session.round.vote is not None:
         problem = "This round has its vote; press New round to play again."
     if not problem and session.round is None:
@@ -96,6 +97,7 @@ def user_message(hub: Hub, text: str, session: ArenaSession, request=None):
         return text, session, *views(session), problem
     for conversation in session.round.conversations:
         conversation.append({"role": "user", "content": text})
+    session.paid = True
     return "", session, *views(session), ""
 
 
@@ -106,11 +108,15 @@ def user_message_for(hub: Hub):
     return append
 
 
-def reply(hub: Hub, session: ArenaSession):
+def reply(hub: Hub, session: ArenaSession, request=None):
     """Stream both sides (each model's own defaults); yields (session, chat A, chat B, status)."""
     r = session.round
     if r is None or r.vote is not None or any(not c or c[-1]["role"] != "user" for c in r.conversations):
         yield session, *views(session), ""
+        return
+    refused = charge(hub, session, request)
+    if refused:
+        yield session, *views(session), refused.replace("Nothing was sent.", "No reply was made.")
         return
     session.comparison = comparison = Comparison(
         hub.manager.get, [(m, list(c)) for m, c in zip(r.models, r.conversations)], own_defaults)

@@ -26,7 +26,10 @@ def build_arena_tab(hub: Hub) -> dict:
     status = gr.Markdown(elem_id="arena-status")
     result = gr.Markdown(elem_id="arena-result")
 
-    reply_io = dict(fn=functools.partial(h.reply, hub), inputs=session, outputs=[session, *chatbots, status],
+    def reply(state, request: gr.Request):  # Gradio passes the request
+        yield from h.reply(hub, state, request)
+
+    reply_io = dict(fn=reply, inputs=session, outputs=[session, *chatbots, status],
                     concurrency_limit=None, show_progress="hidden")
     append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
                      outputs=[message, session, *chatbots, status], queue=False)

@@ -5,6 +5,7 @@ each reply and its stats. The Chatbot shows a rendering of it; the model sees ro
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
 
-MAX_MESSAGE_CHARS = 20_000
+log = logging.getLogger(__name__)
+
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Turn:
 class ChatSession:
     turns: list[Turn] = field(default_factory=list)
     cancel: CancelToken = field(default_factory=CancelToken)
+    paid: bool = False  # the last send was charged to the rate limit; its reply needs no second charge
 
     def messages(self, system: str) -> list[dict]:
         head = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
@@ -99,12 +102,23 @@ def user_message(text: str, session: ChatSession, request: gr.Request | None = N
     refused = hub.over_rate(request) if hub is not None else ""  # the per-client limit, as on the API
     if refused:
         return text, session, render(session), refused
-    if len(text) > MAX_MESSAGE_CHARS:
-        return text, session, render(session), (
-            f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent.")
+    too_long = too_long_for(hub, text)
+    if too_long:
+        return text, session, render(session), too_long
     session.turns.append(Turn("user", text))
     session.next_request()
+    session.paid = True
     return "", session, render(session), ""
+
+
+def too_long_for(hub: Hub | None, text: str) -> str:
+    """The refusal of a message over the hub's limit (limits.max_message_chars, as on the API), or ''."""
+    from ..registry import Limits
+
+    limit = (hub.registry.limits if hub is not None else Limits()).max_message_chars
+    if len(text) <= limit:
+        return ""
+    return f"The message is {len(text):,} characters; the limit is {limit:,}. Nothing was sent."
 
 
 def user_message_for(hub: Hub):
@@ -122,10 +136,23 @@ def sampling(custom: bool, temperature, top_p, top_k, repetition_penalty, max_ne
             "seed": None if seed is None or seed < 0 else int(seed), "greedy": bool(greedy)}
 
 
-def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *controls):
+def charge(hub: Hub, session, request) -> str:
+    """Every generation counts against the client's rate: a send was charged already (`session.paid`);
+    a Regenerate, or a reply started through the API on its own, is charged here. The refusal, or ''."""
+    if session.paid:
+        session.paid = False
+        return ""
+    return hub.over_rate(request)
+
+
+def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *controls, request=None):
     """Stream the reply to the last user turn: yields (session, chatbot view, status)."""
     if not session.turns or session.turns[-1].role != "user":
         yield session, render(session), ""
+        return
+    refused = charge(hub, session, request)
+    if refused:
+        yield session, render(session), refused.replace("Nothing was sent.", "No reply was made.")
         return
     cancel = session.cancel
     turn = Turn("assistant", "", model_id)
@@ -166,6 +193,9 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
 def footer_of(chunk: Chunk) -> str:
     line = chunk.stats.summary()
     if chunk.finish_reason == "error":
+        if not chunk.code:  # a fault, not a refusal: the exception's text is for the log, not the page
+            log.error("chat reply failed: %s", chunk.error)
+            return f"⚠️ The server failed while writing this reply (details are in its log). · {line}"
         return f"⚠️ {chunk.error} · {line}"
     if chunk.finish_reason in ("length", "cancelled"):
         return f"{line} · {chunk.finish_reason}"

@@ -41,7 +41,11 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
             greedy = gr.Checkbox(defaults.greedy, label="greedy")
     controls = [custom, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy]
 
-    reply = functools.partial(h.bot_reply, hub)
+    # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
+    def reply(state, model_id, system_prompt, use_custom, temp, p, k, penalty, budget, seed_value, argmax,
+              request: gr.Request):
+        yield from h.bot_reply(hub, state, model_id, system_prompt, use_custom, temp, p, k, penalty, budget,
+                               seed_value, argmax, request=request)
     reply_io = dict(fn=reply, inputs=[session, model, system, *controls], outputs=[session, chatbot, status])
     append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
                      outputs=[message, session, chatbot, status],

@@ -11,7 +11,8 @@ import gradio as gr
 
 from ..compare import MAX_MODELS, Comparison, Pane, own_defaults, shared_settings
 from ..hub import Hub
-from .chat_handlers import MAX_MESSAGE_CHARS, sampling
+from .chat_handlers import charge, sampling, too_long_for
+from .widgets import literal
 
 MIN_MODELS = 2
 # Screen updates per pane: 4 Chatbots re-rendered 10 times a second kept a small CPU's browser too busy to
@@ -25,6 +26,7 @@ class CompareSession:
     turns: dict[str, list[dict]] = field(default_factory=dict)  # per model: {role, content[, error]}
     footers: dict[str, str] = field(default_factory=dict)  # per model: its last reply's stats line
     comparison: Comparison | None = None
+    paid: bool = False  # the last send was charged to the rate limit (see chat_handlers.charge)
 
     def stop(self) -> None:
         """End the running round and drop its results (a new message, Regenerate, Clear, a closed tab)."""
@@ -48,7 +50,7 @@ def check_models(hub: Hub, ids) -> str:
     ids = list(ids or [])
     unknown = [i for i in ids if i not in hub.registry]
     if unknown:
-        return f"Unknown model {', '.join(unknown)}; known: {', '.join(e.id for e in hub.registry)}."
+        return f"Unknown model {literal(', '.join(unknown))}; known: {', '.join(e.id for e in hub.registry)}."
     if not MIN_MODELS <= len(ids) <= MAX_MODELS:
         return f"Choose {MIN_MODELS} to {MAX_MODELS} models to compare (chosen: {len(ids)})."
     return ""
@@ -105,14 +107,15 @@ def user_message(hub: Hub, text: str, ids, session: CompareSession, request=None
     session.stop()
     text, ids = (text or "").strip(), list(ids or [])
     problem = check_models(hub, ids) or ("Type a message first." if not text else "") or hub.over_rate(request)
-    if not problem and len(text) > MAX_MESSAGE_CHARS:
-        problem = f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent."
+    if not problem:
+        problem = too_long_for(hub, text)
     if problem:
         return text, session, *views(session), problem
     if ids != session.models:
         session.reset(ids)
     for model in ids:
         session.turns[model].append({"role": "user", "content": text})
+    session.paid = True
     return "", session, *views(session), ""
 
 
@@ -123,11 +126,15 @@ def user_message_for(hub: Hub):
     return append
 
 
-def reply(hub: Hub, session: CompareSession, own: bool, *controls):
+def reply(hub: Hub, session: CompareSession, own: bool, *controls, request=None):
     """Stream every model's reply to the last user turn: yields (session, 4 chats, 4 stats lines, status)."""
     models = session.models
     if not models or any(not session.turns[m] or session.turns[m][-1]["role"] != "user" for m in models):
         yield session, *views(session), ""
+        return
+    refused = charge(hub, session, request)  # Regenerate all, or a reply started alone, is charged here
+    if refused:
+        yield session, *views(session), refused.replace("Nothing was sent.", "No reply was made.")
         return
     params_for = own_defaults if own else shared_settings(sampling(True, *controls))
     session.comparison = comparison = Comparison(

@@ -54,7 +54,12 @@ def build_compare_tab(hub: Hub) -> dict:
     # change: also when a ?compare= link sets the models; input: only the user's own choice gets a verdict.
     models.change(h.layout, models, [*columns, *chatbots], queue=False, api_visibility="private")
     models.input(functools.partial(h.choice_status, hub), models, status, queue=False, api_visibility="private")
-    reply_io = dict(fn=functools.partial(h.reply, hub), inputs=[session, own, *controls],
+    # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
+    def reply(state, own_settings, temp, p, k, penalty, budget, seed_value, argmax, request: gr.Request):
+        yield from h.reply(hub, state, own_settings, temp, p, k, penalty, budget, seed_value, argmax,
+                           request=request)
+
+    reply_io = dict(fn=reply, inputs=[session, own, *controls],
                     outputs=[session, *panes, status], concurrency_limit=None,
                     show_progress="hidden")  # panes show their own progress; overlays would make buttons jump
     append_io = dict(fn=h.user_message_for(hub), inputs=[message, models, session],

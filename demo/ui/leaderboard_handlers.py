@@ -50,9 +50,8 @@ def plot_svg(board: Leaderboard, width: int = 640) -> str:
 
 
 def summary(hub: Hub, board: Leaderboard) -> str:
-    where = f" in `{hub.votes.path}`" if hub.votes is not None else ""
-    noun = "vote" if board.battles == 1 else "votes"
-    return f"**{board.battles} {noun}** on {len(board.rows)} models{where}."
+    noun = "vote" if board.battles == 1 else "votes"  # the file's path is the operator's (serve prints it)
+    return f"**{board.battles} {noun}** on {len(board.rows)} models."
 
 
 def refresh(hub: Hub):

@@ -7,6 +7,7 @@ import gradio as gr
 from ..hub import Hub
 from ..compare import MAX_MODELS
 from . import compare_handlers, share_handlers
+from .widgets import literal
 
 
 def on_load(hub: Hub, query: dict) -> list:
@@ -20,7 +21,7 @@ def on_load(hub: Hub, query: dict) -> list:
         if model in hub.registry:
             tabs, chat_model = gr.update(selected="chat"), gr.update(value=model)
         else:
-            chat_status = f"⚠️ The link asks for model `{model}`, which this hub does not have."
+            chat_status = f"⚠️ The link asks for model “{literal(model)}”, which this hub does not have."
     if query.get("compare"):
         ids = [i.strip() for i in query["compare"].split(",") if i.strip()]
         known = [i for i in dict.fromkeys(ids) if i in hub.registry]

@@ -1,33 +1,53 @@
-"""Models tab behaviour: the state table and load / unload."""
+"""Models tab behaviour: the state table and load / unload (for those who may manage models: Hub.may_manage)."""
 from __future__ import annotations
 
+import gradio as gr
+
 from ..hub import Hub
-from ..manager import ModelLoadError
+from ..manager import ERROR, UNAVAILABLE, ModelLoadError
 
 COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format"]
+REFUSED = "⚠️ Loading and unloading models is for this hub's admins."
 
 
-def table(hub: Hub) -> list[list]:
+def table(hub: Hub, manager_view: bool = True) -> list[list]:
+    """Every entry's row. A visitor's view (manager_view False) tells only whether a model can be used:
+    which models are loaded would tell which two an Arena round drew, and details can name server paths."""
     rows = []
     for state in hub.manager.states():
         entry = hub.registry.get(state.id)
+        if not manager_view:
+            status = state.status if state.status in (UNAVAILABLE, ERROR) else "available"
+            rows.append([state.id, state.name, entry.family, status, "", "", ""])
+            continue
         memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes else ""
         weights = state.quant_label + (f" · {state.bits}-bit in memory" if state.bits else "")
         rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights])
     return rows
 
 
-def summary(hub: Hub) -> str:
+def summary(hub: Hub, manager_view: bool = True) -> str:
+    if not manager_view:
+        return "Models on this hub; they load on first use."
     used, budget = hub.manager.used_bytes(), hub.manager.budget
     return f"Loaded: {used / 2**20:,.0f} MB of a {budget / 2**30:g} GB budget (least recently used evicted first)."
 
 
-def refresh(hub: Hub):
-    return table(hub), summary(hub)
+def refresh(hub: Hub, request: gr.Request | None = None):
+    manager_view = hub.may_manage(request)
+    return table(hub, manager_view), summary(hub, manager_view)
 
 
-def load(hub: Hub, model_id: str):
+def controls(hub: Hub, request: gr.Request | None = None):
+    """The Load / Unload row: shown to those who may manage models."""
+    return gr.update(visible=hub.may_manage(request))
+
+
+def load(hub: Hub, model_id: str, request: gr.Request | None = None):
     """Load a model, streaming the table while it loads."""
+    if not hub.may_manage(request):
+        yield table(hub, False), REFUSED
+        return
     if not model_id:
         yield table(hub), "Choose a model first."
         return
@@ -38,6 +58,8 @@ def load(hub: Hub, model_id: str):
         yield table(hub), f"⚠️ {e}"
 
 
-def unload(hub: Hub, model_id: str):
+def unload(hub: Hub, model_id: str, request: gr.Request | None = None):
+    if not hub.may_manage(request):
+        return table(hub, False), REFUSED
     done = hub.manager.unload(model_id) if model_id else False
     return table(hub), f"Unloaded **{model_id}**." if done else "Nothing to unload."

@@ -7,6 +7,7 @@ import gradio as gr
 
 from ..compare import MAX_MODELS
 from ..hub import Hub
+from .widgets import literal
 
 LINK_PARAM = "transcript"
 
@@ -45,7 +46,7 @@ def transcript_view(hub: Hub, token: str):
     """(header, 4 chatbots) for the Shared tab; unused chatbots are hidden."""
     data = hub.votes.transcript(token) if hub.votes is not None and token else None
     if data is None:
-        return [f"⚠️ No shared conversation has the id `{token}`.",
+        return [f"⚠️ No shared conversation has the id “{literal(token)}”.",
                 *[gr.update(value=[], visible=False) for _ in range(MAX_MODELS)]]
     panes = data.get("panes", [])[:MAX_MODELS]
     what = "conversation" if len(panes) == 1 else f"comparison of {len(panes)} models"
