@@ -52,7 +52,7 @@ def server(command: list[str], ready_url: str, log_path: Path, env: dict | None 
     """Run `command` until the block ends; wait until `ready_url` answers 200."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})}, preexec_fn=die_with_parent)
         try:
             wait_ready(proc, ready_url, log_path)
             yield proc
@@ -63,6 +63,18 @@ def server(command: list[str], ready_url: str, log_path: Path, env: dict | None 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def die_with_parent() -> None:
+    """Run in the child before exec: on Linux, the kernel sends it SIGTERM when the bench dies, even by
+    SIGKILL, so no server outlives the bench (elsewhere the `finally` of `server` is all there is)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
 
 
 def wait_ready(proc, url: str, log_path: Path) -> None:

@@ -446,9 +446,13 @@ def print_board(board, path) -> None:
 
 
 def cmd_bench(args) -> int:
+    import signal
+
     from .bench import BenchConfig, run_bench
     from .bench_report import markdown, write
 
+    # SIGTERM unwinds like Ctrl-C, so the `finally` of each server the bench started stops that server
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.model is None:
         registry = registry_of(args)
         if not registry.default_id:

@@ -200,3 +200,51 @@ def test_close_ends_the_loop_thread(smollm):
     assert thread is not None and thread.is_alive()
     batcher.close(wait_s=5)
     assert not thread.is_alive()
+
+
+def test_a_row_that_fails_to_sample_ends_alone_and_the_others_go_on(smollm, alone, monkeypatch):
+    """Issue 18's poison: a tiny temperature turns the probabilities into NaN. stream_chat refuses it up front;
+    here it goes past that check (stream_ids), once failing at its prefill and once mid-decode, beside two
+    greedy rows that must still give exactly what they give alone."""
+    import demo.batching as batching
+    from demo.engine import stream_ids
+
+    real_sampling = batching.sampling_of
+
+    class Exploding:  # a processor that fails on its third step, like a kernel error in one row
+        calls = 0
+
+        def __call__(self, ids, scores):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("row kernel failed")
+            return scores
+
+    def sampling(params, device):
+        processors, generator = real_sampling(params, device)
+        if params.seed == 666:
+            processors.append(Exploding())
+        return processors, generator
+
+    monkeypatch.setattr(batching, "sampling_of", sampling)
+    prompt = smollm.adapter.build_prompt(smollm.tokenizer, chat(PROMPTS[2]), None, N, smollm.extra_stop_ids)
+    poisons = {"nan": smollm.defaults.override({"temperature": 1e-45, "greedy": False, "max_new_tokens": N}),
+               "mid": greedy(smollm).override({"seed": 666})}
+    outcomes = {}
+
+    def poison(name):
+        time.sleep(0.3)  # the greedy rows are decoding by now
+        outcomes[name] = list(stream_ids(smollm, prompt.input_ids, poisons[name], CancelToken(),
+                                         prompt.stop_token_ids))[-1]
+
+    threads = [threading.Thread(target=poison, args=(name,)) for name in poisons]
+    for t in threads:
+        t.start()
+    results = run_at_once(smollm, [(chat(p), greedy(smollm), CancelToken()) for p in PROMPTS[:2]])
+    for t in threads:
+        t.join(120)
+    assert outcomes["nan"].finish_reason == "error" and "probability tensor" in outcomes["nan"].error
+    assert outcomes["mid"].finish_reason == "error" and "row kernel failed" in outcomes["mid"].error
+    assert outcomes["mid"].stats.new_tokens == 2
+    assert [r.output_ids for r in results] == alone[:2]
+    assert complete(smollm, chat(PROMPTS[0]), greedy(smollm)).output_ids == alone[0]  # the loop goes on
