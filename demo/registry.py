@@ -230,8 +230,13 @@ def parse_registry(text: str, path: Path | str = "<registry>") -> Registry:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context_mark", None)
+        if context is not None and "end of stream" in problem:
+            # the parser ran off the end (an unterminated quote or bracket): name where that began
+            mark, problem = context, f"{e.context} that never ends ({problem})"
         line = mark.line + 1 if mark else "?"
-        raise RegistryError(f"{path}:{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        raise RegistryError(f"{path}:{line}: not valid YAML: {problem}") from None
     if root is None:
         raise RegistryError(f"{path}:1: the registry is empty; it needs a `models:` list")
     check_duplicate_keys(root, path)

@@ -186,3 +186,23 @@ def test_models_tab_lists_every_entry_with_its_state(page, hub_server):
     assert wait_for_state(page, TINY, "ready")[TINY][3] == "ready"
     assert f"{TINY} is ready" in page.locator("#models-action").inner_text()
     assert "MB of a" in page.locator("#models-info").inner_text()
+
+
+def test_a_links_model_value_shows_as_its_literal_text(browser, hub_server):
+    """?model= with Markdown in it: the page shows the text; no link or image appears (nor is fetched)."""
+    from urllib.parse import quote
+
+    value = "x` ![pixel](http://127.0.0.1:9/p.png) [click](http://127.0.0.1:9/) <b>bold</b> `y"
+    context = browser.new_context()
+    page = context.new_page()
+    fetched = []
+    page.on("request", lambda r: fetched.append(r.url) if ":9/" in r.url else None)
+    try:
+        page.goto(f"{hub_server.url}/?model={quote(value)}")
+        status = page.locator("#chat-status")
+        status.get_by_text("which this hub does not have").wait_for(timeout=60_000)
+        assert value in status.inner_text()
+        assert status.locator("a, img, b, code").count() == 0
+        assert not fetched
+    finally:
+        context.close()

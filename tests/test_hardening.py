@@ -199,3 +199,11 @@ def test_a_server_the_bench_starts_dies_with_the_bench_even_on_sigkill(tmp_path)
     else:
         child.kill()
         raise AssertionError("the child outlived its parent")
+
+
+def test_an_unterminated_quote_in_the_registry_is_reported_where_it_starts():
+    from demo.registry import RegistryError
+
+    with pytest.raises(RegistryError) as caught:
+        parse_registry('models:\n  - id: "abc\n    name: x\n', "reg.yaml")
+    assert str(caught.value).startswith("reg.yaml:2: not valid YAML: while scanning a quoted scalar"), caught.value

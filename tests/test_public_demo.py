@@ -273,6 +273,21 @@ def test_client_that_disconnects_stops_its_generation(servers):
     assert mine[-1]["new_tokens"] <= received + 10, mine[-1]  # stopped within a few steps, not at 400
 
 
+def test_password_guessing_backs_off_and_api_keys_still_work(servers, client):
+    """Runs last on this server: the guesses lock its loopback address for `user:password` logins."""
+    url = servers["url"] + "/v1/models"
+    guess = lambda n: httpx.get(url, headers={"Authorization": f"Bearer mallory:guess{n}"},  # noqa: E731
+                                trust_env=False, timeout=30)
+    codes = [guess(n).status_code for n in range(6)]
+    assert codes[:3] == [401, 401, 401] and 429 in codes[3:], codes
+    throttled = guess(99)
+    assert throttled.status_code == 429 and throttled.json()["error"]["code"] == "too_many_failed_logins"
+    assert int(throttled.headers["retry-after"]) >= 1
+    assert httpx.post(servers["url"] + "/login", data={"username": USER, "password": "nope"},
+                      trust_env=False).status_code == 429  # the login page backs off for this address too
+    assert {m.id for m in client.models.list()} >= {"smollm2-135m"}  # an API key is not a login
+
+
 # -- sharing without a network -------------------------------------------------------------------------
 def test_share_without_network_says_so_and_serves_locally(tmp_path, registry):
     port = free_port()
