@@ -23,12 +23,16 @@ class Metrics:
             self.counts[(model, outcome)] += 1
 
     def finished(self, model: str, chunk, client: str = "") -> None:
-        outcome = chunk.code if chunk.finish_reason == "error" and chunk.code else chunk.finish_reason
+        """Count one generation: an engine Chunk, or anything with its finish_reason, text and stats (a
+        Compare or Arena pane), from the API and every UI tab alike."""
+        code = getattr(chunk, "code", None)
+        outcome = code if chunk.finish_reason == "error" and code else chunk.finish_reason
+        stats = asdict(chunk.stats) if getattr(chunk, "stats", None) is not None else {}
         with self._lock:
             self.counts[(model, outcome)] += 1
-            self.recent.append({"model": model, "finish_reason": chunk.finish_reason, "code": chunk.code,
-                                "client": client, "at": time.time(), "text_chars": len(chunk.text),
-                                **asdict(chunk.stats)})
+            self.recent.append({"model": model, "finish_reason": chunk.finish_reason, "code": code,
+                                "client": client, "at": time.time(), "text_chars": len(chunk.text or ""),
+                                **stats})
 
     def snapshot(self, manager) -> dict:
         with self._lock:

@@ -92,6 +92,8 @@ def test_every_chat_generation_is_charged_a_send_once_a_regenerate_again(hub):
     assert [t.role for t in session.turns] == ["user"]  # no third reply
     *_, status = list(chat.bot_reply(hub, session, "alpha", "", *controls, request=visitor("198.51.100.5")))[-1]
     assert status == "" and session.turns[-1].content == "alpha says hi"  # another client has its own budget
+    assert sum(hub.metrics.counts.values()) == 3  # /metrics counts the UI's replies like the API's
+    assert {r["client"] for r in hub.metrics.recent} == {"ip:198.51.100.4", "ip:198.51.100.5"}
 
 
 def test_compare_regenerate_all_is_charged_too(hub):
@@ -102,6 +104,7 @@ def test_compare_regenerate_all_is_charged_too(hub):
         compare.retry(session)
         status = list(compare.reply(hub, session, True, request=request))[-1][-1]
         assert expected in status, status
+    assert sum(hub.metrics.counts.values()) == 4  # two rounds of two panes
 
 
 def test_the_ui_uses_the_hubs_message_limit(hub):

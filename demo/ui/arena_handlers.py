@@ -12,7 +12,7 @@ import gradio as gr
 
 from ..arena import LABELS, ArenaError, ArenaRound, cast_vote, draw_pair
 from ..compare import Comparison, own_defaults
-from ..hub import Hub
+from ..hub import Hub, ui_client
 from ..votes import VoteError
 from .chat_handlers import charge, too_long_for
 from .compare_handlers import UI_TICK_S
@@ -128,6 +128,7 @@ def reply(hub: Hub, session: ArenaSession, request=None):
         if session.comparison is not comparison:  # a new message or round replaced it: nothing to keep
             return
         for side, pane in enumerate(panes):
+            hub.metrics.finished(r.models[side], pane, ui_client(request))
             r.conversations[side].append({"role": "assistant", "content": pane.text})
             r.settings[side], r.finish[side] = pane.params, pane.finish_reason
         session.errors = tuple(p.error if p.finish_reason == "error" else None for p in panes)

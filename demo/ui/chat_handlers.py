@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..engine import CancelToken, Chunk, stream_chat
-from ..hub import Hub
+from ..hub import Hub, ui_client
 from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
@@ -182,6 +182,7 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
             turn.content = chunk.text
             if chunk.finish_reason:
                 turn.footer = footer_of(chunk)
+                hub.metrics.finished(model_id, chunk, ui_client(request))
             now = time.monotonic()
             if chunk.finish_reason or now - shown >= _streaming.interval_s():
                 shown = now

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from ..compare import MAX_MODELS, Comparison, Pane, own_defaults, shared_settings
-from ..hub import Hub
+from ..hub import Hub, ui_client
 from .chat_handlers import charge, sampling, too_long_for
 from .widgets import literal
 
@@ -145,6 +145,7 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls, request=None)
     if session.comparison is not comparison:  # replaced meanwhile (Regenerate, a new message): not ours to keep
         return
     for model, pane in zip(models, panes):  # reached only when every pane finished
+        hub.metrics.finished(model, pane, ui_client(request))
         session.turns[model].append({"role": "assistant", "content": pane.text,
                                      "error": pane.error if pane.finish_reason == "error" else None})
         session.footers[model] = pane.footer()
