@@ -89,11 +89,11 @@ def test_reply_streams_in_growing_pieces(client):
 def test_empty_huge_and_unknown_inputs_get_clear_errors_and_the_app_keeps_serving(client):
     assert send(client, "") == ("", [], "Type a message first.")
     assert send(client, "   \n ") == ("", [], "Type a message first.")
-    huge = "word " * 4_001  # 20,005 characters, over the 20,000 limit
+    huge = "word " * 4_001  # 20,005 characters, over the hub's limits.max_message_chars (16,000), as on the API
     box, view, status = send(client, huge)
     assert box == huge.strip(), "the refused text stays in the box"
     assert view == []
-    assert status == "The message is 20,004 characters; the limit is 20,000. Nothing was sent."
+    assert status == "The message is 20,004 characters; the limit is 16,000. Nothing was sent."
 
     send(client, "Say hello.")
     with pytest.raises(AppError, match="no-such-model is not in the list of choices"):
