@@ -21,7 +21,7 @@ from .engine import CancelToken, Chunk, stream_chat
 from .hub import Hub, client_address, login_keys
 from .limits import BUSY, RATE_LIMITED, REMOTE_ERROR, SHUTTING_DOWN, TIMEOUT, LimitError, is_text
 from .manager import UNAVAILABLE, ModelLoadError
-from .params import MAX_SEED, MAX_STOP_STRINGS, MAX_TEMPERATURE, MIN_SEED, stop_problem
+from .params import MAX_SEED, MAX_TEMPERATURE, MIN_SEED, MIN_TEMPERATURE, stop_problem
 from .registry import UnknownModelError
 
 STATUS = {BUSY: 429, RATE_LIMITED: 429, TIMEOUT: 504, REMOTE_ERROR: 502, SHUTTING_DOWN: 503}  # others: 400
@@ -87,8 +87,6 @@ class ChatRequest(BaseModel):
     @field_validator("temperature")
     @classmethod
     def _usable_temperature(cls, value):
-        from .params import MIN_TEMPERATURE
-
         if value is not None and 0 < value < MIN_TEMPERATURE:  # divides the logits into inf/NaN
             raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}")
         return value
