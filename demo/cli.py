@@ -158,6 +158,8 @@ def add_model_args(parser) -> None:
                         help="weights precision (default: the registry entry's; auto for a folder)")
     parser.add_argument("--quantization", choices=["bnb-4bit", "bnb-8bit"],
                         help="quantize a full-precision model at load with bitsandbytes")
+    parser.add_argument("--engine", choices=["auto", "transformers", "llama.cpp"], default=None,
+                        help="the engine to run it on (default: the registry entry's; auto for a folder)")
 
 
 def add_sampling_args(parser) -> None:
@@ -191,15 +193,30 @@ def find_entry(args) -> ModelEntry:
     registry = None
     if not Path(model).exists():
         registry = registry_of(args)
-    overrides = {k: v for k, v in (("family", args.family), ("dtype", getattr(args, "dtype", None))) if v}
+    overrides = {k: v for k, v in (("family", args.family), ("dtype", getattr(args, "dtype", None)),
+                                   ("engine", getattr(args, "engine", None))) if v}
     if registry is not None and model in registry:
-        return registry.get(model).model_copy(update=overrides)
+        return checked(registry.get(model), overrides)
     if Path(model).is_dir() or Path(model).is_file():
         from .loader import folder_entry
 
-        return folder_entry(model, args.family or "auto").model_copy(update=overrides)
+        return checked(folder_entry(model, args.family or "auto"), overrides)
     known = ", ".join(e.id for e in registry) if registry else "none"
     raise UnknownModelError(f"{model!r} is neither a registry id ({known}) nor a folder")
+
+
+def checked(entry: ModelEntry, overrides: dict) -> ModelEntry:
+    """The entry with the command line's overrides, validated as a registry entry is (e.g. --engine)."""
+    from pydantic import ValidationError
+
+    if not overrides:
+        return entry
+    try:
+        return ModelEntry.model_validate({**entry.model_dump(exclude_unset=True), **overrides})
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = f"--{first['loc'][0]}" if first["loc"] else entry.id
+        raise CliError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def load_for(args):
@@ -244,12 +261,14 @@ def cmd_list(args) -> int:
 
     manager = ModelManager(registry_of(args))
     rows = [dict(id=s.id, name=s.name, status=s.status, detail=s.detail,
-                 family=manager.registry.get(s.id).family) for s in manager.states()]
+                 family=manager.registry.get(s.id).family, engine=s.engine, decode_plan=s.decode_plan)
+            for s in manager.states()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['id']:<24} {row['status']:<12} {row['name']}" + (f"  ({row['detail']})" if row["detail"] else ""))
+            print(f"{row['id']:<24} {row['status']:<12} {row['engine']:<13} {row['name']}"
+                  + (f"  ({row['detail']})" if row["detail"] else ""))
     return 0
 
 
