@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-results", help="output folder")
     bench.add_argument("--no-server", action="store_true", help="skip the hub server (2) and (5)")
     bench.add_argument("--no-transformers-serve", action="store_true", help="skip the transformers serve baseline")
+    bench.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp engine (a GGUF entry)")
     bench.set_defaults(run=cmd_bench)
     return parser
 
@@ -459,7 +460,8 @@ def cmd_bench(args) -> int:
         raise CliError("--clients, --new-tokens, --prompt-tokens and --repeats must be positive")
     config = BenchConfig(entry=entry_for(args), prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                          clients=clients, out=Path(args.out), repeats=args.repeats, rounds=args.rounds,
-                         hub_server=not args.no_server, transformers_serve=not (args.no_server or args.no_transformers_serve))
+                         hub_server=not args.no_server, transformers_serve=not (args.no_server or args.no_transformers_serve),
+                         llama_cpp=not args.no_llama_cpp)
     report = run_bench(config, log=lambda text: print(text, file=sys.stderr, flush=True))
     paths = write(report, config.out)
     print(markdown(report))
