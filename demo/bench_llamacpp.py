@@ -68,8 +68,9 @@ class BareLlama:
         from llama_cpp import Llama
 
         started = time.perf_counter()
+        # flash attention and a q8_0 KV cache as the engine has them (not llama-cpp-python's defaults)
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)
+                         n_threads_batch=threads, flash_attn=True, type_k=8, type_v=8, verbose=False)
         self.load_s = time.perf_counter() - started
 
     def generate(self, ids: list[int], new_tokens: int, stop_ids) -> dict:

@@ -33,9 +33,12 @@ from ..stream import LLAMA_CPP, CancelToken, Capabilities, Chunk, Prompt
 
 log = logging.getLogger(__name__)
 
-MAX_SEQUENCES = 8  # requests decoded together; more wait in the loop's queue
+MAX_SEQUENCES = 4  # requests decoded together; more wait in the loop's queue
 MAX_BATCH_TOKENS = 512  # tokens per llama_decode call (a long prompt is fed in pieces of this size)
-DEFAULT_CONTEXT = 4096  # KV cells shared by all sequences of a model, unless the registry says less
+# KV cells of each sequence (its prompt and reply), unless the registry's context_length is smaller.
+# Memory, not speed, sets it: the cache takes ~12 KiB a cell on the default model (q8_0), for every
+# cell of every sequence, from the load on.
+DEFAULT_CONTEXT = int(os.environ.get("HUB_LLAMA_CONTEXT") or 1024)
 IDLE_EXIT_S = 2.0  # the loop's thread ends after this long without work (a new request starts it again)
 _CLOSE = object()
 _backend_lock = threading.Lock()
@@ -68,10 +71,15 @@ def default_threads() -> int:
 
 @dataclass
 class LlamaSettings:
-    n_ctx: int = DEFAULT_CONTEXT
+    seq_ctx: int = DEFAULT_CONTEXT  # cells of one sequence
     n_seq_max: int = MAX_SEQUENCES
     n_batch: int = MAX_BATCH_TOKENS
     n_threads: int = field(default_factory=default_threads)
+    kv_type: str = "q8_0"  # half of f16's bytes; with flash attention llama.cpp reads it directly
+
+    @property
+    def n_ctx(self) -> int:
+        return self.seq_ctx * self.n_seq_max
 
 
 class LlamaModel:
@@ -100,7 +108,11 @@ class LlamaModel:
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = s.n_ctx, s.n_batch, s.n_batch
         cparams.n_seq_max = s.n_seq_max
         cparams.n_threads = cparams.n_threads_batch = s.n_threads
-        cparams.kv_unified = True  # one pool of cells: a long request may use what short ones leave
+        # One KV stream per sequence, not one unified pool: a sequence's cells then sit where they would if
+        # it ran alone, so its reply does not depend on who else is decoding (measured: with a unified
+        # pool, two of four concurrent greedy replies differed from their replies alone).
+        cparams.kv_unified = False
+        cparams.type_k = cparams.type_v = getattr(lib, f"GGML_TYPE_{s.kv_type.upper()}")
         # Flash attention skips other sequences' cells and sums a sequence's own in order, so a reply does not
         # depend on where its cells sit in the shared cache, nor on who else is decoding (and it is faster).
         cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -111,11 +123,11 @@ class LlamaModel:
         return ctx
 
     def context_bytes(self) -> int:
-        """The KV cache's bytes (f16 keys and values for every cell of every layer)."""
+        """The KV cache's bytes (keys and values for every cell of every layer)."""
         lib, model = self.lib, self.model
         head_dim = lib.llama_model_n_embd(model) // max(1, lib.llama_model_n_head(model))
         per_cell = lib.llama_model_n_layer(model) * 2 * head_dim * lib.llama_model_n_head_kv(model) * 2
-        return self.settings.n_ctx * per_cell
+        return int(self.settings.n_ctx * per_cell * (1.0625 / 2 if self.settings.kv_type == "q8_0" else 1))
 
     def model_bytes(self) -> int:
         return int(self.lib.llama_model_size(self.model))
@@ -259,8 +271,7 @@ class DecodeLoop:
                 self._fail_all(e)
 
     def _admit(self) -> bool:
-        """Take waiting requests into free sequence ids while their cells fit; False when idle for
-        IDLE_EXIT_S or closed."""
+        """Take waiting requests into free sequence ids; False when idle for IDLE_EXIT_S or closed."""
         if not self._collect():
             return False
         while self.waiting and self.free_seqs:
@@ -269,14 +280,12 @@ class DecodeLoop:
                 self.waiting.popleft().finish()
                 continue
             need = _cells(request)
-            if need > self.model.settings.n_ctx:
+            if need > self.model.settings.seq_ctx:
                 self.waiting.popleft().finish(LlamaCppError(
                     f"the prompt ({len(request.input_ids)} tokens) and reply budget "
                     f"({request.params.max_new_tokens}) do not fit the llama.cpp context "
-                    f"({self.model.settings.n_ctx} tokens)"))
+                    f"({self.model.settings.seq_ctx} tokens a request)"))
                 continue
-            if need + sum(_cells(s.request) for s in self.active) > self.model.settings.n_ctx:
-                break  # waits until running requests leave room in the shared cache
             self.waiting.popleft()
             request.admitted()
             self.active.append(_Sequence(request, self.free_seqs.pop(0),
@@ -390,7 +399,7 @@ class LlamaCppBackend:
         from adapters.quant import gguf_type
 
         return (f"llama.cpp, {gguf_type(Path(self.model.path).name)} quantized in memory, {s.n_threads} "
-                f"threads, up to {s.n_seq_max} sequences in one batch, {s.n_ctx} context cells shared")
+                f"threads, up to {s.n_seq_max} sequences in one batch, {s.seq_ctx} tokens each, {s.kv_type} KV cache")
 
     def memory_bytes(self) -> int:
         if self.model.ctx is None:
@@ -423,18 +432,23 @@ def load_gguf(entry, weights, adapter, started: float):
 
     from ..loader import LoadedModel, folder_context, merged_defaults
 
+    from . import llama_cpp_status
+
+    usable, reason = llama_cpp_status()
+    if not usable:
+        raise LlamaCppError(reason.replace("; GGUF entries run on transformers", "; use `engine: transformers`"))
     if not weights.local:
         raise LlamaCppError(f"{weights.location} is not downloaded; llama.cpp reads a local GGUF file")
     tokenizer = gguf_tokenizer(adapter, weights)
     wanted = entry.context_length or folder_context(adapter, weights) or DEFAULT_CONTEXT
-    settings = LlamaSettings(n_ctx=min(wanted, DEFAULT_CONTEXT))
+    settings = LlamaSettings(seq_ctx=min(wanted, DEFAULT_CONTEXT))
     model = LlamaModel(Path(weights.location) / weights.gguf_file, settings)
     backend = LlamaCppBackend(model)
     kind = gguf_type(weights.gguf_file)
     bits = re.search(r"\d+", kind or "")
     loaded = LoadedModel(
         id=entry.id, model=None, tokenizer=tokenizer, adapter=adapter,
-        defaults=merged_defaults(adapter, None, entry.generation), context_length=settings.n_ctx,
+        defaults=merged_defaults(adapter, None, entry.generation), context_length=settings.seq_ctx,
         load_seconds=time.perf_counter() - started,
         quant=replace(weights.quant, detail=f"{kind} file, kept quantized in memory by llama.cpp"),
         bits=int(bits.group()) if bits else None, engine_backend=backend)
