@@ -45,18 +45,30 @@ class BenchConfig:
     rounds: int = 1  # requests per client in the concurrency runs
     hub_server: bool = True
     transformers_serve: bool = True
+    llama_cpp: bool = True  # a GGUF entry: also the llama.cpp engine against bare llama-cpp-python
 
 
 def run_bench(config: BenchConfig, log=print) -> dict:
+    from .backends import is_gguf, llama_cpp_status
+
     config.out.mkdir(parents=True, exist_ok=True)
     report = {"started": now_iso(), "machine": machine(), "model": config.entry.id,
               "settings": {"prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
                            "clients": list(config.clients), "repeats": config.repeats, "rounds": config.rounds}}
+    if config.llama_cpp and is_gguf(config.entry) and llama_cpp_status()[0]:
+        from .bench_llamacpp import llama_bench
+
+        report["llama_cpp"] = llama_bench(config.entry, config.prompt_tokens, config.new_tokens, config.clients,
+                                          config.repeats, log)
+    # What follows measures the transformers engine (and the hub server on it), whatever `auto` picks.
+    config.entry = config.entry.model_copy(update={"engine": "transformers"})
+    report["engine"] = "transformers"
     manager = ModelManager(Registry([config.entry], Settings(default_model=config.entry.id)))
     log(f"loading {config.entry.id} ...")
     started = time.perf_counter()
     loaded = manager.get(config.entry.id)
     first_load_s = time.perf_counter() - started
+    decode_plan = loaded.decode_plan
     message = prompt_message(loaded, config.prompt_tokens)
     report["prompt_tokens"] = len(build_prompt(loaded, message, config.new_tokens).input_ids)
     # The baselines run on a stock model of their own: the hub's copy has its weights packed (demo.prepack)
@@ -75,6 +87,7 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     manager.unload(config.entry.id)
     if config.transformers_serve:
         report["transformers_serve"] = transformers_serve(config, message, manager, log)
+    report["decode_plan"] = decode_plan
     report["ratios"] = ratios(report)
     report["finished"] = now_iso()
     return report
@@ -362,6 +375,10 @@ def _is_gguf(quantization_config) -> bool:
 # -- summary -------------------------------------------------------------------------------------------------
 def ratios(report: dict) -> dict:
     out = {}
+    if report.get("llama_cpp"):
+        from .bench_llamacpp import ratios as llama_ratios
+
+        out.update(llama_ratios(report["llama_cpp"]))
     single = report["single_stream"]
     out["engine_vs_bare"] = single["engine_tok_s"] / single["bare_generate_tok_s"]
     out["engine_generate_path_vs_bare"] = single["engine_generate_path_tok_s"] / single["bare_generate_tok_s"]

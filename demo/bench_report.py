@@ -5,6 +5,8 @@ import json
 import math
 from pathlib import Path
 
+from .bench_llamacpp import TARGETS as LLAMA_TARGETS, details as llama_details
+
 # (ratio key, what it is, target as text, test of the target)
 TARGETS = [
     ("engine_vs_bare", "(1) engine streaming tok/s ÷ bare generate", "≥ 0.97", lambda r: r >= 0.97),
@@ -33,6 +35,7 @@ TARGETS = [
      "    API: 4 clients ÷ transformers serve --continuous-batching", "≥ 1", lambda r: r >= 1),
     ("memory_rss_vs_weights", "(6) process growth on load ÷ weight bytes", "≤ 1.2", lambda r: r <= 1.2),
 ]
+TARGETS += LLAMA_TARGETS
 
 
 def write(report: dict, out: Path) -> dict:
@@ -58,6 +61,7 @@ def concurrency_table(report: dict) -> str:
     runs = {"hub UI (gradio_client)": hub.get("concurrency") or [], "hub API (OpenAI protocol)": hub.get("api_concurrency") or []}
     for name, series in (report.get("transformers_serve") or {}).items():
         runs["transformers serve" + (" --continuous-batching" if name == "continuous_batching" else "")] = series
+    runs["llama.cpp engine (in-process)"] = (report.get("llama_cpp") or {}).get("concurrency") or []
     lines = ["| server | clients | aggregate tok/s | TTFT p50 (ms) | TTFT p95 (ms) |", "|---|---:|---:|---:|---:|"]
     for name, series in runs.items():
         for c in series:
@@ -83,6 +87,8 @@ def details(report: dict) -> str:
              f"{w['bare_from_pretrained_s']:.1f} s.",
              f"Memory: {m['model']} holds {m['tensor_bytes'] / 2**20:.0f} MiB of tensors ({m['dtype']}); the process "
              f"grew {m['rss_growth_bytes'] / 2**20:.0f} MiB on load; weight files {m['file_bytes'] / 2**20:.0f} MiB."]
+    if report.get("llama_cpp"):
+        parts.append(llama_details(report["llama_cpp"]))
     return "\n\n".join(parts)
 
 
@@ -106,20 +112,25 @@ def plot(report: dict, path: Path) -> None:
 
     fig, (single, agg, ttft) = plt.subplots(1, 3, figsize=(15, 4.5))
     s = report["single_stream"]
-    bars = {"bare generate": s["bare_generate_tok_s"], "engine (generate)": s["engine_generate_path_tok_s"],
-            "engine (batched loop)": s["engine_tok_s"]}
+    bars = {"bare transformers": s["bare_generate_tok_s"], "transformers engine (generate)":
+            s["engine_generate_path_tok_s"], "transformers engine (batched loop)": s["engine_tok_s"]}
+    llama = report.get("llama_cpp") or {}
+    if llama:  # decode rates after the first token
+        bars.update({"bare llama.cpp": llama["bare_decode_tok_s"], "llama.cpp engine": llama["engine_decode_tok_s"]})
     hub = report.get("hub_server") or {}
     for key, name in (("single", "hub UI"), ("api_single", "hub API")):
         if hub.get(key):
             bars[name] = hub[key]["per_request_tok_s"]
-    single.bar(list(bars), list(bars.values()),
-               color=["grey", "tab:blue", "tab:green", "tab:orange", "tab:red"][:len(bars)])
+    single.bar(list(bars), list(bars.values()), color=["grey", "tab:blue", "tab:green", "silver", "tab:purple",
+                                                       "tab:orange", "tab:red"][:len(bars)])
     single.set_title("one stream: tokens/s")
     single.tick_params(axis="x", labelrotation=20)
     hub_runs = report.get("hub_server") or {}
     series = {"hub UI": hub_runs.get("concurrency") or [], "hub API": hub_runs.get("api_concurrency") or []}
     for name, runs in (report.get("transformers_serve") or {}).items():
         series["transformers serve" + (" (CB)" if name == "continuous_batching" else "")] = runs
+    if llama:
+        series["llama.cpp engine (in-process)"] = llama["concurrency"]
     for name, runs in series.items():
         if runs:
             clients = [c["clients"] for c in runs]

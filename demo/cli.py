@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-results", help="output folder")
     bench.add_argument("--no-server", action="store_true", help="skip the hub server (2) and (5)")
     bench.add_argument("--no-transformers-serve", action="store_true", help="skip the transformers serve baseline")
+    bench.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp engine (a GGUF entry)")
     bench.set_defaults(run=cmd_bench)
     return parser
 
@@ -179,6 +180,8 @@ def add_model_args(parser) -> None:
                         help="weights precision (default: the registry entry's; auto for a folder)")
     parser.add_argument("--quantization", choices=["bnb-4bit", "bnb-8bit"],
                         help="quantize a full-precision model at load with bitsandbytes")
+    parser.add_argument("--engine", choices=["auto", "transformers", "llama.cpp"], default=None,
+                        help="the engine to run it on (default: the registry entry's; auto for a folder)")
 
 
 def add_sampling_args(parser) -> None:
@@ -212,15 +215,30 @@ def find_entry(args) -> ModelEntry:
     registry = None
     if not Path(model).exists():
         registry = registry_of(args)
-    overrides = {k: v for k, v in (("family", args.family), ("dtype", getattr(args, "dtype", None))) if v}
+    overrides = {k: v for k, v in (("family", args.family), ("dtype", getattr(args, "dtype", None)),
+                                   ("engine", getattr(args, "engine", None))) if v}
     if registry is not None and model in registry:
-        return registry.get(model).model_copy(update=overrides)
+        return checked(registry.get(model), overrides)
     if Path(model).is_dir() or Path(model).is_file():
         from .loader import folder_entry
 
-        return folder_entry(model, args.family or "auto").model_copy(update=overrides)
+        return checked(folder_entry(model, args.family or "auto"), overrides)
     known = ", ".join(e.id for e in registry) if registry else "none"
     raise UnknownModelError(f"{model!r} is neither a registry id ({known}) nor a folder")
+
+
+def checked(entry: ModelEntry, overrides: dict) -> ModelEntry:
+    """The entry with the command line's overrides, validated as a registry entry is (e.g. --engine)."""
+    from pydantic import ValidationError
+
+    if not overrides:
+        return entry
+    try:
+        return ModelEntry.model_validate({**entry.model_dump(exclude_unset=True), **overrides})
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = f"--{first['loc'][0]}" if first["loc"] else entry.id
+        raise CliError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def load_for(args):
@@ -265,12 +283,14 @@ def cmd_list(args) -> int:
 
     manager = ModelManager(registry_of(args))
     rows = [dict(id=s.id, name=s.name, status=s.status, detail=s.detail,
-                 family=manager.registry.get(s.id).family) for s in manager.states()]
+                 family=manager.registry.get(s.id).family, engine=s.engine, decode_plan=s.decode_plan)
+            for s in manager.states()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['id']:<24} {row['status']:<12} {row['name']}" + (f"  ({row['detail']})" if row["detail"] else ""))
+            print(f"{row['id']:<24} {row['status']:<12} {row['engine']:<13} {row['name']}"
+                  + (f"  ({row['detail']})" if row["detail"] else ""))
     return 0
 
 
@@ -466,7 +486,8 @@ def cmd_bench(args) -> int:
         raise CliError("--clients, --new-tokens, --prompt-tokens and --repeats must be positive")
     config = BenchConfig(entry=entry_for(args), prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
                          clients=clients, out=Path(args.out), repeats=args.repeats, rounds=args.rounds,
-                         hub_server=not args.no_server, transformers_serve=not (args.no_server or args.no_transformers_serve))
+                         hub_server=not args.no_server, transformers_serve=not (args.no_server or args.no_transformers_serve),
+                         llama_cpp=not args.no_llama_cpp)
     report = run_bench(config, log=lambda text: print(text, file=sys.stderr, flush=True))
     paths = write(report, config.out)
     print(markdown(report))

@@ -1,5 +1,10 @@
 """The streaming engine: one path for every caller (UI, CLI, API, tests).
 
+It knows engines only through the backend protocol (demo/stream.py): limits and the admission gate
+here, then `loaded.backend.stream(prompt, params, cancel)`. Token-level backends (transformers here,
+llama.cpp in demo/backends/llamacpp.py) hand their ids back to `stream_tokens`, which is the engine's
+side of every local generation, described next.
+
 A producer hands token ids to a TextIteratorStreamer queue (whose timeout guards against a dead
 producer); this thread decodes them, holds back partial characters and partial stop strings, and yields a
 `Chunk` per step. The producer is the model's batched decode loop (demo/batching.py: every request of a
@@ -13,11 +18,12 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList, TextIteratorStreamer)
 
 from adapters.base import AdapterError, ContextTooLong
 
@@ -27,60 +33,13 @@ from .batching import BatchedDecoder, can_batch
 from .loader import LoadedModel
 from .threads import on_own_thread
 from .params import GenerationParams
+from .stream import CancelToken, Chunk, GenerationError, Prompt, Stats
 from .textstream import IncrementalDecoder, StopStringFilter
 
 POLL_S = 0.25  # how often a waiting consumer checks on the worker thread
 # The batched decode loop is on by default; HUB_BATCHED_DECODE=0 falls back to generate() everywhere.
 BATCHED_DECODE = os.environ.get("HUB_BATCHED_DECODE", "1") != "0"
 _batcher_lock = threading.Lock()
-
-
-class CancelToken:
-    """One per request: Stop, a new message or a disconnect calls `cancel()`."""
-
-    def __init__(self):
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set() or SHUTDOWN.is_set()
-
-    def __deepcopy__(self, memo) -> "CancelToken":
-        # Gradio deep-copies session state; a copy belongs to no request yet, so it starts fresh.
-        return CancelToken()
-
-
-@dataclass
-class Stats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    queue_s: float = 0.0  # waiting for the model to be free
-    ttft_s: float | None = None  # generation start to first token
-    elapsed_s: float = 0.0
-    tokens_per_s: float = 0.0  # decode rate after the first token
-
-    def summary(self) -> str:
-        ttft = f"{self.ttft_s * 1000:.0f} ms" if self.ttft_s is not None else "n/a"
-        return f"{self.new_tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {ttft}"
-
-
-@dataclass
-class Chunk:
-    text: str  # the reply so far
-    delta: str
-    stats: Stats
-    finish_reason: str | None = None  # stop | length | cancelled | error, on the last chunk only
-    error: str | None = None
-    output_ids: list[int] = field(default_factory=list)  # new ids so far (stop id included)
-    prompt_ids: list[int] = field(default_factory=list)
-    code: str | None = None  # with an error: what kind (demo/limits.py), so the API can pick a status
-
-
-class GenerationError(RuntimeError):
-    pass
 
 
 class _CancelCriteria(StoppingCriteria):
@@ -90,6 +49,21 @@ class _CancelCriteria(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         stop = any(t.cancelled for t in self.tokens)
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowProcessor(LogitsProcessor):
+    """A hub logits processor (demo.stream.LogitsProcessor: ids, scores of one row) inside generate()."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, input_ids, scores):
+        return torch.stack([torch.as_tensor(self.fn(ids.tolist(), row), dtype=scores.dtype, device=scores.device)
+                            for ids, row in zip(input_ids, scores)])
+
+
+def _processors(fns) -> LogitsProcessorList | None:
+    return LogitsProcessorList([_RowProcessor(fn) for fn in fns]) if fns else None
 
 
 class _IdStreamer(TextIteratorStreamer):
@@ -107,9 +81,11 @@ class _IdStreamer(TextIteratorStreamer):
 
 def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: GenerationParams | None = None,
                 cancel: CancelToken | None = None, **options) -> Iterator[Chunk]:
-    """Build the family's prompt for `messages` and stream the reply.
+    """Build the family's prompt for `messages` and stream the reply from the model's engine.
 
-    A remote model (an OpenAI-compatible server) streams the same chunks, so callers need no special case.
+    An engine that takes exact prompt ids gets the adapter's; one that templates messages itself (an
+    OpenAI-compatible server) gets the messages. Either streams the same chunks, so callers need no
+    special case.
     """
     params = capped(loaded.limits, params or loaded.defaults)
     try:
@@ -118,19 +94,20 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
     except LimitError as e:
         yield Chunk("", "", Stats(), "error", str(e), code=e.code)
         return
-    if loaded.remote:
-        yield from _admitted(loaded, lambda: loaded.stream_remote(messages, params, cancel, **options))
-        return
-    try:
-        prompt = loaded.adapter.build_prompt(loaded.tokenizer, messages, loaded.context_length,
-                                             params.max_new_tokens, loaded.extra_stop_ids)
-    except AdapterError as e:
-        yield Chunk("", "", Stats(), "error", str(e), code=CONTEXT_TOO_LONG if isinstance(e, ContextTooLong)
-                    else INVALID)
-        return
-    params = replace(params, max_new_tokens=prompt.max_new_tokens or params.max_new_tokens)
-    yield from stream_ids(loaded, prompt.input_ids, params, cancel, prompt.stop_token_ids,
-                          (*prompt.stop_strings, *params.stop), **options)
+    backend = loaded.backend
+    if not backend.capabilities.exact_prompt_ids:
+        prompt = Prompt(messages=list(messages))
+    else:
+        try:
+            built = loaded.adapter.build_prompt(loaded.tokenizer, messages, loaded.context_length,
+                                                params.max_new_tokens, loaded.extra_stop_ids)
+        except AdapterError as e:
+            yield Chunk("", "", Stats(), "error", str(e), code=CONTEXT_TOO_LONG if isinstance(e, ContextTooLong)
+                        else INVALID)
+            return
+        params = replace(params, max_new_tokens=built.max_new_tokens or params.max_new_tokens)
+        prompt = Prompt(list(built.input_ids), list(built.stop_token_ids), [*built.stop_strings, *params.stop])
+    yield from _engine_stream(loaded, prompt, params, cancel, **options)
 
 
 def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: GenerationParams,
@@ -141,10 +118,22 @@ def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: Generation
 
     `timeout_s` defaults to the hub's generation timeout; a full wait line answers busy at once.
     """
+    if not loaded.backend.capabilities.exact_prompt_ids:
+        yield Chunk("", "", Stats(), "error", f"{loaded.id} runs on the {loaded.engine} engine, which takes "
+                    "messages, not prompt ids", code=INVALID)
+        return
+    if stop_ids is None:
+        stop_ids = loaded.adapter.stop_token_ids(loaded.tokenizer, loaded.extra_stop_ids)
+    prompt = Prompt(list(input_ids), list(stop_ids), list(stop_strings))
+    yield from _engine_stream(loaded, prompt, params, cancel, stall_timeout_s, timeout_s)
+
+
+def _engine_stream(loaded, prompt: Prompt, params, cancel, stall_timeout_s: float = 120.0,
+                   timeout_s: float | None = None) -> Iterator[Chunk]:
     cancel = cancel or CancelToken()
     timeout_s = timeout_s if timeout_s is not None else loaded.limits.generation_timeout_s
-    yield from _admitted(loaded, lambda: _stream_locked(
-        loaded, input_ids, params, cancel, stop_ids, stop_strings, stall_timeout_s, timeout_s))
+    backend = loaded.backend
+    yield from _admitted(loaded, lambda: backend.stream(prompt, params, cancel, stall_timeout_s, timeout_s))
 
 
 def _admitted(loaded, start) -> Iterator[Chunk]:
@@ -160,23 +149,39 @@ def _admitted(loaded, start) -> Iterator[Chunk]:
         loaded.gate.leave()
 
 
-def _stream_locked(loaded, input_ids, params, cancel, stop_ids, stop_strings, stall_timeout_s,
-                   timeout_s) -> Iterator[Chunk]:
-    stop_ids = list(stop_ids if stop_ids is not None else loaded.adapter.stop_token_ids(
-        loaded.tokenizer, loaded.extra_stop_ids))
+def stream_tokens(loaded: LoadedModel, prompt: Prompt, params: GenerationParams, cancel: CancelToken,
+                  loop, stall_timeout_s: float = 120.0, timeout_s: float | None = None) -> Iterator[Chunk]:
+    """The engine's side of a token-level backend whose decode loop serves every request together.
+
+    `loop.submit(run)` takes the request; the loop reads `run.input_ids`, `run.params`, `run.stop_ids`,
+    `run.logits_processors` and `run.stopped()`, and answers through `run.admitted()`, `run.deliver(ids)`
+    and `run.finish(error)`. Here the ids become text: partial characters and partial stop strings are
+    held back, stats counted, timeouts and cancel enforced.
+    """
+    stats = Stats(prompt_tokens=len(prompt.input_ids))
+    run = _Run(loaded, list(prompt.input_ids), params, cancel, prompt.stop_ids, prompt.stop_strings, stats, loop,
+               prompt.logits_processors)
+    yield from run.stream(stall_timeout_s, timeout_s)
+
+
+def stream_transformers(loaded: LoadedModel, prompt: Prompt, params: GenerationParams, cancel: CancelToken,
+                        stall_timeout_s: float = 120.0, timeout_s: float | None = None) -> Iterator[Chunk]:
+    """The transformers engine: the model's batched decode loop, else generate() under the model's lock."""
+    input_ids, stop_ids, stop_strings = prompt.input_ids, prompt.stop_ids, prompt.stop_strings
     stats = Stats(prompt_tokens=len(input_ids))
     queued = time.perf_counter()
-    batcher = batcher_for(loaded)
+    # logits processors (a grammar) run in generate(); the batched loop has no hook for them
+    batcher = None if prompt.logits_processors else batcher_for(loaded)
     if batcher is not None:  # no lock: the loop serves every request of this model together
-        run = _Run(loaded, list(input_ids), params, cancel, stop_ids, stop_strings, stats, batcher)
-        yield from run.stream(stall_timeout_s, timeout_s)
+        yield from stream_tokens(loaded, prompt, params, cancel, batcher, stall_timeout_s, timeout_s)
         return
     if not _acquire(loaded.lock, cancel):
         yield Chunk("", "", stats, "cancelled", prompt_ids=list(input_ids))
         return
     try:
         stats.queue_s = time.perf_counter() - queued
-        run = _Run(loaded, list(input_ids), params, cancel, stop_ids, stop_strings, stats)
+        run = _Run(loaded, list(input_ids), params, cancel, stop_ids, stop_strings, stats,
+                   logits_processors=prompt.logits_processors)
         yield from run.stream(stall_timeout_s, timeout_s)
     finally:
         loaded.lock.release()
@@ -219,8 +224,10 @@ def _acquire(lock: threading.Lock, cancel: CancelToken) -> bool:
 class _Run:
     """One generation: the worker thread and the consumer loop that turns ids into chunks."""
 
-    def __init__(self, loaded, input_ids, params, cancel, stop_ids, stop_strings, stats, batcher=None):
+    def __init__(self, loaded, input_ids, params, cancel, stop_ids, stop_strings, stats, batcher=None,
+                 logits_processors=()):
         self.loaded, self.input_ids, self.params, self.batcher = loaded, input_ids, params, batcher
+        self.logits_processors = list(logits_processors)
         self.queued = time.perf_counter()
         self.cancel, self.halt = cancel, CancelToken()  # halt: the engine's own stop (stop string, timeout)
         self.stop_ids, self.stats = set(stop_ids), stats
@@ -237,7 +244,7 @@ class _Run:
             tensor = torch.tensor([self.input_ids], device=self.loaded.device)
             self.loaded.model.generate(
                 input_ids=tensor, attention_mask=torch.ones_like(tensor), streamer=self.streamer,
-                generation_config=self._config(),
+                generation_config=self._config(), logits_processor=_processors(self.logits_processors),
                 stopping_criteria=StoppingCriteriaList([_CancelCriteria(self.cancel, self.halt)]))
         except BaseException as e:  # reported to the consumer as finish_reason "error"
             self.failure = e

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from .registry import Limits
+from .stream import SHUTDOWN  # noqa: F401  (re-exported: the server sets it)
 
 # Error codes carried by Chunk.code and mapped to HTTP statuses by the API.
 BUSY, RATE_LIMITED = "server_busy", "rate_limit_exceeded"
@@ -23,7 +24,6 @@ SHUTTING_DOWN = "server_shutdown"
 
 # Set once when the server is told to stop (SIGTERM, Ctrl-C; demo/server.py): every CancelToken reads as
 # cancelled, so each open generation ends within a step, with a final message that says why.
-SHUTDOWN = threading.Event()
 SHUTDOWN_MESSAGE = "the server is shutting down; this reply was cut short (try again in a moment)"
 
 REMOTE_CONCURRENCY = 8  # a serving engine batches; the hub lets this many through to it at once

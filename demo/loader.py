@@ -42,11 +42,28 @@ class LoadedModel:
     remote = False  # a RemoteModel (demo/remote.py) streams from an OpenAI-compatible server instead
     # The batched decode loop (demo/batching.py); None: not decided yet, False: generate() serves.
     batcher: object = field(default=None, repr=False)
+    # The engine serving this model (demo.stream.Backend); None: transformers on `model`, in this process.
+    engine_backend: object = field(default=None, repr=False)
+
+    @property
+    def backend(self):
+        if self.engine_backend is not None:
+            return self.engine_backend
+        from .backends.transformers import TransformersBackend
+
+        return TransformersBackend(self)  # a view, made per call, so it keeps no cycle alive
+
+    @property
+    def engine(self) -> str:
+        return self.backend.name
+
+    @property
+    def decode_plan(self) -> str:
+        return self.backend.decode_plan
 
     @property
     def memory_bytes(self) -> int:
-        own = getattr(self.model, "own_bytes", None)  # a LoRA view counts only its adapter's weights
-        return own() if own else model_bytes(self.model)
+        return self.backend.memory_bytes()
 
     @property
     def quant_format(self) -> str:
@@ -140,6 +157,12 @@ def _load_entry(entry: ModelEntry, base: LoadedModel | None) -> LoadedModel:
     started = time.perf_counter()
     weights = with_quantization(resolve(entry.source), entry.quantization)
     adapter = adapter_for(entry, weights)
+    from .backends import LLAMA_CPP, choose_engine
+
+    if choose_engine(entry) == LLAMA_CPP:
+        from .backends.llamacpp import load_gguf
+
+        return load_gguf(entry, weights, adapter, started)
     device = pick_device(entry.device)
     dtype = pick_dtype(entry.dtype, device, declared_dtype(weights))
     tokenizer = adapter.load_tokenizer(weights)

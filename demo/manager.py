@@ -9,7 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +45,8 @@ class ModelState:
     quant_format: str = ""  # when loaded: none | gptq | awq | bnb-4bit | bnb-8bit | gguf
     bits: int | None = None  # when loaded: bits per weight of its linear layers in memory
     quant_label: str = ""  # when loaded: e.g. "GPTQ 4-bit (gptq_v2, desc_act)"
+    engine: str = ""  # transformers | llama.cpp | openai: the one it runs on (or would, once loaded)
+    decode_plan: str = ""  # when loaded: how its engine decodes, in words
 
 
 class ModelManager:
@@ -157,13 +159,22 @@ class ModelManager:
             return list(self._loaded)
 
     def state(self, model_id: str) -> ModelState:
+        state = self._state(model_id)
+        if not state.engine:  # not loaded: the engine it would run on
+            from .backends import choose_engine
+
+            state = replace(state, engine=choose_engine(self.registry.get(model_id)))
+        return state
+
+    def _state(self, model_id: str) -> ModelState:
         entry = self.registry.get(model_id)
         with self._lock:
             since = self._since.get(model_id, 0.0)
             if model_id in self._loaded:
                 loaded = self._loaded[model_id]
                 return ModelState(model_id, entry.name, READY, "", loaded.memory_bytes, since,
-                                  loaded.quant_format, loaded.bits, loaded.quant.label)
+                                  loaded.quant_format, loaded.bits, loaded.quant.label, loaded.engine,
+                                  loaded.decode_plan)
             if model_id in self._loading:
                 return ModelState(model_id, entry.name, LOADING, f"loading for {time.time() - since:.0f} s",
                                   0, since)
@@ -199,14 +210,13 @@ def entry_availability(registry: Registry, entry: ModelEntry) -> tuple[bool, str
 
 
 def release(models: list[LoadedModel]) -> None:
-    """Stop each model's batched decode loop once idle; its thread would otherwise keep the weights alive.
+    """Let each model's engine stop its threads and free what it holds (a decode loop's thread would
+    otherwise keep the weights alive).
 
     (A helper, so that no loop variable in the caller keeps the last model alive through free_memory().)
     """
     for loaded in models:
-        close = getattr(loaded.batcher, "close", None)
-        if close is not None:
-            close(wait_s=0.5)
+        loaded.backend.unload()
 
 
 def free_memory() -> None:

@@ -40,7 +40,7 @@ class Metrics:
             for (model, outcome), n in self.counts.items():
                 counts.setdefault(model, {})[outcome] = n
             recent = list(self.recent)
-        gates = {m.id: {"in_flight": m.gate.in_flight, "rejected_busy": m.gate.rejected}
-                 for m in manager.loaded_models()}
+        gates = {m.id: {"in_flight": m.gate.in_flight, "rejected_busy": m.gate.rejected, "engine": m.engine,
+                        "decode_plan": m.decode_plan} for m in manager.loaded_models()}
         return {"rss_bytes": psutil.Process().memory_info().rss, "counts": counts, "models": gates,
                 "recent": recent}

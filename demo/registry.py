@@ -89,33 +89,60 @@ class ModelEntry(Strict):
     generation: GenerationDefaults = GenerationDefaults()
     description: str = ""
     # A model served elsewhere by an OpenAI-compatible engine (vLLM, TGI, SGLang, Ollama, transformers serve).
+    # `backend: openai` is the older spelling of `engine: openai`; both load.
     backend: Literal["local", "openai"] = "local"
+    # Which engine runs the entry (demo/backends): auto = llama.cpp for a GGUF file when llama-cpp-python
+    # is installed, else transformers; openai = a remote server (needs base_url).
+    engine: Literal["auto", "transformers", "llama.cpp", "openai"] = "auto"
     base_url: Optional[str] = Field(None, pattern=r"^https?://", description="e.g. http://gpu-box:8000/v1")
     api_key_env: Optional[str] = Field(None, description="environment variable holding the remote's API key")
     remote_model: Optional[str] = Field(None, description="the model name the remote expects (default: id)")
     concurrency: Optional[int] = Field(None, ge=1, description="generations at once (default: 1 local, 8 remote)")
 
+    @field_validator("engine")
+    @classmethod
+    def engine_fits(cls, engine: str, info) -> str:
+        data = info.data
+        if data.get("backend") == "openai" and engine not in ("auto", "openai"):
+            raise ValueError(f"`backend: openai` (the older spelling of `engine: openai`) contradicts "
+                             f"`engine: {engine}`; keep one")
+        if engine == "llama.cpp":
+            source = data.get("source")
+            if data.get("base") or data.get("adapter"):
+                raise ValueError("llama.cpp does not run LoRA/PEFT entries; use `engine: transformers`")
+            if not (source and source.file and source.file.lower().endswith(".gguf")):
+                raise ValueError("llama.cpp runs GGUF files: give `source.file` (a .gguf), or use "
+                                 "`engine: transformers`")
+            if data.get("quantization"):
+                raise ValueError("a GGUF file is already quantized; remove `quantization:` for llama.cpp")
+        return engine
+
+    @property
+    def engine_name(self) -> str:
+        """The `engine:` asked for, with `backend: openai` read as `engine: openai` (auto stays auto)."""
+        return "openai" if self.backend == "openai" else self.engine
+
     @model_validator(mode="after")
     def backend_fields(self):
         remote_keys = [k for k in ("base_url", "api_key_env", "remote_model") if getattr(self, k)]
-        if self.backend == "local":
+        if not self.remote:
             if self.source is None and not (self.base or self.adapter):
                 raise ValueError("a local model needs `source` (or `base` + `adapter` for a LoRA/PEFT entry, "
-                                 "or `backend: openai` with `base_url`)")
+                                 "or `engine: openai` with `base_url`)")
             if remote_keys:
-                raise ValueError(f"{', '.join(remote_keys)} only apply to `backend: openai`")
+                raise ValueError(f"{', '.join(remote_keys)} only apply to `engine: openai`")
             if (self.concurrency or 1) > 1:
                 raise ValueError("a local model runs one generation at a time; `concurrency` is for remotes")
         else:
             if self.source is not None:
-                raise ValueError("a `backend: openai` model has no `source`; its weights live on the remote")
+                raise ValueError("an `engine: openai` model has no `source`; its weights live on the remote")
             if not self.base_url:
-                raise ValueError("`backend: openai` needs `base_url`, e.g. http://127.0.0.1:8000/v1")
+                raise ValueError("`engine: openai` needs `base_url`, e.g. http://127.0.0.1:8000/v1")
         return self
 
     @property
     def remote(self) -> bool:
-        return self.backend != "local"
+        return self.engine_name == "openai"
 
     @field_validator("family")
     @classmethod
@@ -133,7 +160,7 @@ class ModelEntry(Strict):
                 raise ValueError("a LoRA/PEFT entry needs both `base` (an entry id) and `adapter` (a folder)")
             if self.source or self.quantization or self.remote:
                 raise ValueError("a LoRA/PEFT entry takes its weights and quantization from its local `base` "
-                                 "entry; remove `source`/`quantization`/`backend`")
+                                 "entry; remove `source`/`quantization`/`engine`")
         if self.remote and self.quantization:
             raise ValueError("`quantization` applies to local weights; a remote quantizes on its own side")
         return self

@@ -1,8 +1,8 @@
 """A model served elsewhere by an OpenAI-compatible engine (vLLM, TGI, SGLang, Ollama, transformers serve).
 
-`RemoteModel` stands where a LoadedModel stands: the manager "loads" it (no weights here), and the
-engine's `stream_chat` hands a remote model's messages to `stream_remote`, which yields the same Chunk
-objects as a local generation. So the dropdown, compare tab, arena and API treat both alike.
+`RemoteModel` stands where a LoadedModel stands: the manager "loads" it (no weights here), and its
+backend (`OpenAIBackend`, the `openai` engine) takes the messages from the engine's `stream_chat` to
+`stream_remote`, which yields the same Chunk objects as a local generation. So the dropdown, compare tab, arena and API treat both alike.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .limits import (BUSY, CONTEXT_TOO_LONG, REMOTE_CONCURRENCY, REMOTE_ERROR, S
 from .params import GenerationParams
 from .registry import Limits, ModelEntry
 from .textstream import StopStringFilter
+from .stream import OPENAI, Capabilities
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -44,6 +45,15 @@ class RemoteModel:
     remote = True
     memory_bytes = 0  # the weights live on the remote
     load_seconds = 0.0
+    engine = OPENAI
+
+    @property
+    def backend(self) -> "OpenAIBackend":
+        return OpenAIBackend(self)
+
+    @property
+    def decode_plan(self) -> str:
+        return self.backend.decode_plan
 
     def __post_init__(self):
         self.slots = threading.BoundedSemaphore(self.concurrency)  # the rest wait here, in the gate's count
@@ -76,7 +86,7 @@ class RemoteModel:
 
     def stream_remote(self, messages, params, cancel=None, timeout_s: float | None = None,
                       stall_timeout_s: float = 120.0) -> Iterator:
-        from .engine import CancelToken, Chunk, Stats
+        from .stream import CancelToken, Chunk, Stats
 
         cancel = cancel or CancelToken()
         timeout_s = timeout_s if timeout_s is not None else self.limits.generation_timeout_s
@@ -90,6 +100,30 @@ class RemoteModel:
             yield from stream.run(self.request_body(messages, params))
         finally:
             self.slots.release()
+
+
+class OpenAIBackend:
+    """The openai engine (demo.stream.Backend) of a RemoteModel: the server applies its own chat template,
+    so it gets the messages; sampling and batching are the server's."""
+
+    name = OPENAI
+    capabilities = Capabilities(batching=True, exact_prompt_ids=False, logits_processors=False)
+
+    def __init__(self, model: RemoteModel):
+        self.model = model
+
+    @property
+    def decode_plan(self) -> str:
+        return f"remote: {self.model.base_url} (up to {self.model.concurrency} at once)"
+
+    def memory_bytes(self) -> int:
+        return 0  # the weights live on the remote
+
+    def unload(self) -> None:
+        pass
+
+    def stream(self, prompt, params, cancel, stall_timeout_s: float = 120.0, timeout_s: float | None = None):
+        return self.model.stream_remote(prompt.messages or [], params, cancel, timeout_s, stall_timeout_s)
 
 
 def _acquire(slots: threading.Semaphore, cancel) -> bool:

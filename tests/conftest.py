@@ -18,7 +18,9 @@ def registry():
 def smollm(registry):
     from demo.loader import load_entry
 
-    return load_entry(registry.get(DEFAULT_ID))
+    # On the transformers engine, whatever `engine: auto` picks: its users look at the torch model
+    # (tests/test_llamacpp.py has the llama.cpp engine on the same file).
+    return load_entry(registry.get(DEFAULT_ID).model_copy(update={"engine": "transformers"}))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -23,7 +23,8 @@ def tiny_entry(model_id: str, folder: Path, max_new_tokens: int) -> str:
 
 def smollm_entry(max_new_tokens: int) -> str:
     return (f"  - id: smollm2-135m\n    name: SmolLM2 135M Instruct\n    source:\n      package: {SMOLLM_PACKAGE}\n"
-            f"      file: {SMOLLM_FILE}\n    family: generic\n    dtype: bfloat16\n    context_length: 8192\n"
+            f"      file: {SMOLLM_FILE}\n    family: generic\n    dtype: bfloat16\n    engine: transformers\n"
+            f"    context_length: 8192\n"
             f"    generation: {{temperature: 0.2, top_p: 0.9, max_new_tokens: {max_new_tokens}}}\n")
 
 

@@ -41,7 +41,8 @@ def test_list_json_shows_states(capsys):
 
 def test_generate_json_in_a_real_process(messages_file):
     result = subprocess.run([sys.executable, "-m", "demo", "generate", "smollm2-135m", "--messages",
-                             messages_file, "--greedy", "--max-new-tokens", "24", "--json"],
+                             messages_file, "--greedy", "--max-new-tokens", "24", "--json", "--engine",
+                             "transformers"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

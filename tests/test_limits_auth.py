@@ -119,8 +119,8 @@ def test_remote_entry_and_limits_parse():
 
 @pytest.mark.parametrize("change, message", [
     (("    api_key_env: GPU_BOX_KEY\n", "    api_key_env: GPU_BOX_KEY\n    source: {path: /x}\n"),
-     "reg.yaml:5: models[0]: a `backend: openai` model has no `source`"),
-    (("    base_url: http://gpu-box:8000/v1\n", ""), "reg.yaml:5: models[0]: `backend: openai` needs `base_url`"),
+     "reg.yaml:5: models[0]: an `engine: openai` model has no `source`"),
+    (("    base_url: http://gpu-box:8000/v1\n", ""), "reg.yaml:5: models[0]: `engine: openai` needs `base_url`"),
     (("  queue_size: 2\n", "  queue_sise: 2\n"), "reg.yaml:2: limits.queue_sise: unknown key 'queue_sise'"),
     (("  queue_size: 2\n", "  queue_size: -1\n"), "reg.yaml:2: limits.queue_size: "),
     (("    backend: openai\n", "    backend: vllm\n"), "reg.yaml:7: models[0].backend: "),
@@ -133,7 +133,7 @@ def test_bad_remote_entries_and_limits_name_file_line_and_key(change, message):
 
 def test_local_entry_cannot_take_remote_keys():
     text = "models:\n  - id: a\n    name: A\n    source: {path: /x}\n    base_url: http://h/v1\n"
-    with pytest.raises(RegistryError, match="base_url only apply to `backend: openai`"):
+    with pytest.raises(RegistryError, match="base_url only apply to `engine: openai`"):
         parse_registry(text, "r.yaml")
 
 

@@ -104,7 +104,7 @@ def test_real_models_failure_isolation_and_eviction_that_frees_memory(tmp_path, 
     (tmp_path / "broken" / "config.json").write_text("{not json")
     smollm_source = registry.get("smollm2-135m").source
     text = ("models:\n"
-            f"  - {{id: smollm, name: SmolLM2, dtype: bfloat16, source: {{package: {smollm_source.package}, "
+            f"  - {{id: smollm, name: SmolLM2, dtype: bfloat16, engine: transformers, source: {{package: {smollm_source.package}, "
             f"file: {smollm_source.file}}}}}\n"
             f"  - {{id: tiny, name: Tiny, source: {{path: {tmp_path / 'tiny'}}}}}\n"
             f"  - {{id: broken, name: Broken, source: {{path: {tmp_path / 'broken'}}}}}\n")

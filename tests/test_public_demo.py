@@ -12,6 +12,7 @@ import openai
 import psutil
 import pytest
 
+from demo.backends import llama_cpp_status
 from tests.servers import free_port, start_hub, start_transformers_serve
 from tests.tiny import make_tiny_chat_model
 
@@ -37,7 +38,13 @@ models:
     source: {{package: {smollm.package}, file: {smollm.file}}}
     family: generic
     dtype: bfloat16
+    engine: transformers
     context_length: 1024
+  - id: smollm2-llama
+    name: SmolLM2 135M on llama.cpp
+    source: {{package: {smollm.package}, file: {smollm.file}}}
+    family: generic
+    engine: llama.cpp
   - id: remote-tiny
     name: Tiny Llama behind transformers serve
     backend: openai
@@ -249,9 +256,12 @@ def test_thirty_streaming_clients_complete_or_get_busy_and_memory_returns(server
     assert growth < 150 * 2**20, f"RSS grew {growth / 2**20:.0f} MiB"
 
 
-def test_client_that_disconnects_stops_its_generation(servers):
+@pytest.mark.parametrize("model", ["smollm2-135m", "smollm2-llama"])  # the transformers and llama.cpp engines
+def test_client_that_disconnects_stops_its_generation(servers, model):
+    if model == "smollm2-llama" and not llama_cpp_status()[0]:
+        pytest.skip(llama_cpp_status()[1])
     auth = {"Authorization": f"Bearer {USER}:{PASSWORD}"}  # its own client name in /metrics
-    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Write a long story about a cat."}],
+    body = {"model": model, "messages": [{"role": "user", "content": "Write a long story about a cat."}],
             "max_tokens": 400, "stream": True, "temperature": 0.7}
     received = 0
     with httpx.Client(trust_env=False, timeout=60) as http:
@@ -264,7 +274,7 @@ def test_client_that_disconnects_stops_its_generation(servers):
                     break  # leaving the block closes the connection mid-stream
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        mine = [r for r in metrics(servers)["recent"] if r["client"] == f"user:{USER}"]
+        mine = [r for r in metrics(servers)["recent"] if r["client"] == f"user:{USER}" and r["model"] == model]
         if mine:
             break
         time.sleep(0.2)

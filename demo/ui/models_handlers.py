@@ -6,7 +6,7 @@ import gradio as gr
 from ..hub import Hub
 from ..manager import ERROR, UNAVAILABLE, ModelLoadError
 
-COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format"]
+COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format", "engine", "decode plan"]
 REFUSED = "⚠️ Loading and unloading models is for this hub's admins."
 
 
@@ -18,11 +18,12 @@ def table(hub: Hub, manager_view: bool = True) -> list[list]:
         entry = hub.registry.get(state.id)
         if not manager_view:
             status = state.status if state.status in (UNAVAILABLE, ERROR) else "available"
-            rows.append([state.id, state.name, entry.family, status, "", "", ""])
+            rows.append([state.id, state.name, entry.family, status, "", "", "", "", ""])
             continue
         memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes else ""
         weights = state.quant_label + (f" · {state.bits}-bit in memory" if state.bits else "")
-        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights])
+        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights, state.engine,
+                     state.decode_plan])
     return rows
 
 
