@@ -111,6 +111,7 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
     A remote model (an OpenAI-compatible server) streams the same chunks, so callers need no special case.
     """
     params = capped(loaded.limits, params or loaded.defaults)
+    messages = with_system_prompt(messages, loaded.system_prompt)
     try:
         check_messages(loaded.limits, messages)
     except LimitError as e:
@@ -129,6 +130,13 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
     params = replace(params, max_new_tokens=prompt.max_new_tokens or params.max_new_tokens)
     yield from stream_ids(loaded, prompt.input_ids, params, cancel, prompt.stop_token_ids,
                           prompt.stop_strings, **options)
+
+
+def with_system_prompt(messages: Sequence[dict], system_prompt: str | None) -> Sequence[dict]:
+    """The registry entry's system prompt first, unless the conversation brings its own."""
+    if not system_prompt or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
 def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: GenerationParams,

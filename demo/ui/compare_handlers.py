@@ -104,7 +104,8 @@ def user_message(hub: Hub, text: str, ids, session: CompareSession, request=None
     """Append the user's message to every pane (a new model set starts a new conversation)."""
     session.stop()
     text, ids = (text or "").strip(), list(ids or [])
-    problem = check_models(hub, ids) or ("Type a message first." if not text else "") or hub.over_rate(request)
+    problem = (hub.too_few_models("Compare") or check_models(hub, ids) or ("Type a message first." if not text else "")
+               or hub.over_rate(request))
     if not problem and len(text) > MAX_MESSAGE_CHARS:
         problem = f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent."
     if problem:
@@ -127,7 +128,7 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls):
     """Stream every model's reply to the last user turn: yields (session, 4 chats, 4 stats lines, status)."""
     models = session.models
     if not models or any(not session.turns[m] or session.turns[m][-1]["role"] != "user" for m in models):
-        yield session, *views(session), ""
+        yield session, *views(session), gr.skip()  # nothing was sent: the reason on the status line stays
         return
     params_for = own_defaults if own else shared_settings(sampling(True, *controls))
     session.comparison = comparison = Comparison(

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 from ..hub import Hub
-from ..manager import ModelLoadError
+from ..manager import READY, ModelLoadError
 
 COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format"]
+COLUMN_WIDTHS = ["15%", "16%", "8%", "9%", "10%", "28%", "14%"]
 
 
 def table(hub: Hub) -> list[list]:
     rows = []
     for state in hub.manager.states():
-        entry = hub.registry.get(state.id)
-        memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes else ""
+        # A loaded preset (or remote) shows 0: its weights are its base's (or the remote's).
+        memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes or state.status == READY else ""
         weights = state.quant_label + (f" · {state.bits}-bit in memory" if state.bits else "")
-        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights])
+        rows.append([state.id, state.name, hub.registry.family(state.id), state.status, memory, state.detail,
+                     weights])
     return rows
 
 

@@ -11,8 +11,9 @@ from . import models_handlers as h
 
 def build_models_tab(hub: Hub) -> dict:
     # Callables, so each page load shows the states of that moment, not those from when the app was built.
+    # Fixed widths, so at 1280 px every header fits on one line and a long reason wraps inside `detail`.
     grid = gr.Dataframe(functools.partial(h.table, hub), headers=h.COLUMNS, interactive=False, wrap=True,
-                        elem_id="models-table")
+                        column_widths=h.COLUMN_WIDTHS, elem_id="models-table")
     info = gr.Markdown(functools.partial(h.summary, hub), elem_id="models-info")
     with gr.Row():
         choice = gr.Dropdown(hub.choices(), label="Model", scale=3, elem_id="models-choice")
