@@ -162,11 +162,11 @@ def test_with_fewer_than_two_models_compare_and_arena_say_so_at_once(tmp_path):
     assert "a preset of a model you have (`base:` its id" in arena_status
     # On Enter: the message stays in the box, the explanation on the status line; the reply step keeps it.
     text, session, *_, status = arena.user_message(hub, "hello", arena.new_session())
-    assert text == "hello" and status == arena_status
+    assert text == "hello" and status == f"{arena_status} Nothing was sent."
     *_, kept = next(arena.reply(hub, session))
     assert kept == {"__type__": "update"}
     text, session, *_, status = compare.user_message(hub, "hello", [], compare.new_session())
-    assert text == "hello" and status == compare_status
+    assert text == "hello" and status == f"{compare_status} Nothing was sent."
     *_, kept = next(compare.reply(hub, session, True))
     assert kept == {"__type__": "update"}
 

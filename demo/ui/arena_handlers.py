@@ -95,7 +95,7 @@ def user_message(hub: Hub, text: str, session: ArenaSession, request=None):
         try:
             start_round(hub, session)
         except ArenaError as e:
-            problem = cannot_play(hub, e)
+            problem = f"{cannot_play(hub, e)} Nothing was sent."
     if problem:
         return text, session, *views(session), problem
     for conversation in session.round.conversations:

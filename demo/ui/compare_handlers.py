@@ -104,8 +104,9 @@ def user_message(hub: Hub, text: str, ids, session: CompareSession, request=None
     """Append the user's message to every pane (a new model set starts a new conversation)."""
     session.stop()
     text, ids = (text or "").strip(), list(ids or [])
-    problem = (hub.too_few_models("Compare") or check_models(hub, ids) or ("Type a message first." if not text else "")
-               or hub.over_rate(request))
+    too_few = hub.too_few_models("Compare")
+    problem = ((too_few and f"{too_few} Nothing was sent.") or check_models(hub, ids)
+               or ("Type a message first." if not text else "") or hub.over_rate(request))
     if not problem and len(text) > MAX_MESSAGE_CHARS:
         problem = f"The message is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,}. Nothing was sent."
     if problem:
