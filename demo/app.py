@@ -48,7 +48,7 @@ def build_app(hub: Hub) -> gr.Blocks:
             return links.on_load(hub, dict(request.query_params))
 
         app.load(apply_link, None, [tabs, chat["model"], chat["status"], compare["models"],
-                                    compare["status"], shared_tab,
+                                    compare["status"], arena["status"], shared_tab,
                                     shared["header"], *shared["chatbots"]], queue=False, api_visibility="private")
         app.load(**models["reveal"], queue=False, api_visibility="private")
     return app

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
-        # torchao (pulled in by transformers' quantizers) warns at import that its CUDA-only kernels
-        # (mxfp8, cutlass) and triton are missing: true of every CPU build, and nothing the hub uses.
-        logging.getLogger("torchao").setLevel(logging.ERROR)
+        quiet_libraries()
     try:
         return args.run(args) or 0
     except (CliError, RegistryError, UnknownModelError, AdapterError, WeightsMissing) as e:
@@ -38,6 +37,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+# Library lines that say nothing to a user of the hub; --verbose shows them. The hub's own lines stay.
+QUIET_LOGGERS = (
+    # torchao (pulled in by transformers' quantizers) warns at import that its CUDA-only kernels
+    # (mxfp8, cutlass) and triton are missing: true of every CPU build, and nothing the hub uses.
+    "torchao",
+    # torchao's import registers Enum classes with torch's pytree, which torch now calls deprecated.
+    "torch.utils._pytree",
+    # "Loading a GGUF checkpoint with its weights packed is fastest in float32": the hub has transformers
+    # dequantize GGUF weights into plain layers, so that advice about packed kernels does not apply.
+    "transformers.quantizers.quantizer_gguf",
+)
+# Deprecation notices raised inside these libraries are for their developers, not for the hub's users.
+LIBRARY_MODULES = (r"(torch|torchao|transformers|accelerate|optimum|peft|gptqmodel|bitsandbytes|gradio|"
+                   r"gradio_client|huggingface_hub|safetensors|tokenizers)(\.|$)")
+
+
+def quiet_libraries() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=LIBRARY_MODULES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +305,8 @@ def cmd_list(args) -> int:
 
     manager = ModelManager(registry_of(args))
     rows = [dict(id=s.id, name=s.name, status=s.status, detail=s.detail,
-                 family=manager.registry.get(s.id).family, engine=s.engine, decode_plan=s.decode_plan)
+                 family=manager.registry.family(s.id), engine=s.engine, decode_plan=s.decode_plan,
+                 memory_bytes=s.memory_bytes, shares_weights_of=manager.registry.get(s.id).base)
             for s in manager.states()]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -297,12 +320,16 @@ def cmd_list(args) -> int:
 def cmd_prompt(args) -> int:
     from .loader import load_without_weights
 
+    from .engine import with_system_prompt
+
     entry = entry_for(args)
-    if entry.base:  # a LoRA/PEFT entry prompts like its base
+    system = entry.system_prompt
+    if entry.base:  # a LoRA/PEFT entry or a preset prompts like its base (a preset: with its system prompt)
         entry = registry_of(args).get(entry.base)
     loaded = load_without_weights(entry)
+    messages = with_system_prompt(read_messages(args.messages), system if system is not None else entry.system_prompt)
     budget = args.max_new_tokens or loaded.defaults.max_new_tokens
-    prompt = loaded.adapter.build_prompt(loaded.tokenizer, read_messages(args.messages), loaded.context_length,
+    prompt = loaded.adapter.build_prompt(loaded.tokenizer, messages, loaded.context_length,
                                          budget, loaded.extra_stop_ids)
     result = {"input_ids": prompt.input_ids, "text": prompt.text(loaded.tokenizer),
               "stop_token_ids": prompt.stop_token_ids, "stop_strings": prompt.stop_strings,

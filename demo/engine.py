@@ -88,6 +88,7 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
     special case.
     """
     params = capped(loaded.limits, params or loaded.defaults)
+    messages = with_system_prompt(messages, loaded.system_prompt)
     try:
         check_messages(loaded.limits, messages)
         check_params(params)
@@ -108,6 +109,13 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
         params = replace(params, max_new_tokens=built.max_new_tokens or params.max_new_tokens)
         prompt = Prompt(list(built.input_ids), list(built.stop_token_ids), [*built.stop_strings, *params.stop])
     yield from _engine_stream(loaded, prompt, params, cancel, **options)
+
+
+def with_system_prompt(messages: Sequence[dict], system_prompt: str | None) -> Sequence[dict]:
+    """The registry entry's system prompt first, unless the conversation brings its own."""
+    if not system_prompt or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
 
 
 def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: GenerationParams,

@@ -61,6 +61,34 @@ class Hub:
         """Models that can be used now: weights present and no failed load."""
         return [s.id for s in self.manager.states() if s.status not in (UNAVAILABLE, ERROR)]
 
+    def arena_ids(self, available: list[str] | None = None) -> list[str]:
+        """Available models the Arena draws from: all but the entries marked `arena: false`."""
+        available = self.available_ids() if available is None else available
+        return [i for i in available if i not in self.registry or self.registry.get(i).arena]
+
+    def compare_default(self, available: list[str] | None = None) -> list[str]:
+        """The models Compare opens with: the first two the Arena draws from (else the first two available)."""
+        available = self.available_ids() if available is None else available
+        pool = self.arena_ids(available)
+        pool = pool if len(pool) >= 2 else available
+        return pool[:2] if len(pool) >= 2 else []
+
+    def too_few_models(self, tab: str, available: list[str] | None = None, arena: bool = False) -> str:
+        """What Compare (or, with `arena`, the Arena) says when it has fewer than two models, else ''."""
+        available = self.available_ids() if available is None else available
+        pool = self.arena_ids(available) if arena else available
+        if len(pool) >= 2:
+            return ""
+        have = f"{len(pool)} ({', '.join(pool)})" if pool else "none"
+        left_out = [i for i in available if i not in pool]
+        if left_out:
+            have += f"; {', '.join(left_out)} {'is' if len(left_out) == 1 else 'are'} marked `arena: false`"
+        file = self.registry.path.name if self.registry.path else "model_registry.yaml"
+        return (f"⚠️ {tab} needs at least two available models; this hub has {have}. To add one, give "
+                f"`{file}` another entry under `models:` with a `source:` (a local folder, a Hugging Face "
+                f"repo or a GGUF file), or a preset of a model you have (`base:` its id, with its own "
+                f"`generation:` and `system_prompt:`); see README, \"The registry\".")
+
     def load_with_progress(self, model_id: str, every_s: float = 0.5) -> Iterator[str | object]:
         """Yield "loading ... s" messages while `model_id` loads; the last item is the LoadedModel.
 

@@ -33,7 +33,9 @@ class LoadedModel:
     load_seconds: float = 0.0
     quant: QuantSpec = NONE_SPEC  # format on disk and in memory (adapters/quant.py)
     bits: int | None = None  # bits per weight of the (quantized) linear layers in memory
-    base_id: str | None = None  # a LoRA/PEFT entry: the entry whose weights it shares
+    base_id: str | None = None  # a LoRA/PEFT entry or a preset: the entry whose weights it shares
+    preset: bool = False  # a preset: the base's model itself, with other defaults and system prompt
+    system_prompt: str | None = None  # the registry's, for conversations that bring no system message
     # One generation at a time per model unless an engine batches them.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # The hub's limits and admission for this model (the manager sets them from the registry).
@@ -63,6 +65,8 @@ class LoadedModel:
 
     @property
     def memory_bytes(self) -> int:
+        if self.preset:  # the base counts the weights
+            return 0
         return self.backend.memory_bytes()
 
     @property
@@ -148,8 +152,8 @@ def _load_entry(entry: ModelEntry, base: LoadedModel | None) -> LoadedModel:
         from .lora import attach_adapter
 
         if base is None:
-            raise ValueError(f"{entry.id} is a LoRA/PEFT entry: load its base {entry.base!r} first")
-        return attach_adapter(entry, base)
+            raise ValueError(f"{entry.id} shares the weights of {entry.base!r}: load that entry first")
+        return preset_of(entry, base) if entry.preset else attach_adapter(entry, base)
     if entry.remote:
         from .remote import RemoteModel
 
@@ -173,7 +177,19 @@ def _load_entry(entry: ModelEntry, base: LoadedModel | None) -> LoadedModel:
         defaults=merged_defaults(adapter, config, entry.generation),
         context_length=entry.context_length or folder_context(adapter, weights) or context_of(model),
         extra_stop_ids=eos_ids(config), load_seconds=time.perf_counter() - started,
-        quant=weights.quant, bits=held_bits(weights.quant, model.dtype))
+        quant=weights.quant, bits=held_bits(weights.quant, model.dtype), system_prompt=entry.system_prompt)
+
+
+def preset_of(entry: ModelEntry, base: LoadedModel) -> LoadedModel:
+    """A preset: `base`'s model, tokenizer, lock and decode loop as they are, with the entry's own id,
+    generation defaults (over the base's) and system prompt (else the base's). Adds no weights."""
+    return LoadedModel(
+        id=entry.id, model=base.model, tokenizer=base.tokenizer, adapter=base.adapter,
+        defaults=base.defaults.override(entry.generation.model_dump()),
+        context_length=entry.context_length or base.context_length, extra_stop_ids=base.extra_stop_ids,
+        quant=base.quant, bits=base.bits, base_id=base.id, lock=base.lock, batcher=base.batcher, preset=True,
+        engine_backend=base.engine_backend,
+        system_prompt=entry.system_prompt if entry.system_prompt is not None else base.system_prompt)
 
 
 def merged_defaults(adapter: ChatAdapter, config, registry: GenerationDefaults) -> GenerationParams:

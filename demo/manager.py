@@ -67,6 +67,9 @@ class ModelManager:
         entry = self.registry.get(model_id)
         with self._lock:
             if model_id in self._loaded:
+                base = self._loaded[model_id].base_id
+                if base in self._loaded:  # its weights are in use: the base is recently used too
+                    self._loaded.move_to_end(base)
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
             future = self._loading.get(model_id)
@@ -101,6 +104,9 @@ class ModelManager:
         # Loading leaves large freed buffers (a GGUF's dequantization, checkpoint reads) in the C heap.
         free_memory()
         with self._lock:
+            if entry.base and not entry.preset:  # the base's model is now wrapped: presets re-share it
+                for preset in self.registry.presets_of(entry.base):
+                    self._loaded.pop(preset, None)
             self._loaded[entry.id] = loaded
             self._since[entry.id] = time.time()
             del self._loading[entry.id]
@@ -124,7 +130,8 @@ class ModelManager:
         return True
 
     def _pop(self, model_id: str) -> list[LoadedModel]:
-        """Remove a model and the LoRA/PEFT entries that share its weights (they would keep them alive)."""
+        """Remove a model and the LoRA/PEFT entries and presets that share its weights (they would keep them
+        alive). A LoRA entry or a preset removed alone leaves its base loaded."""
         loaded = self._loaded.pop(model_id, None)
         self._since[model_id] = time.time()
         if loaded is None:
@@ -135,7 +142,8 @@ class ModelManager:
     def _evict_over_budget(self, keep: set) -> None:
         evicted = []
         while self.used_bytes() > self.budget:
-            victim = next((mid for mid in self._loaded if mid not in keep), None)
+            # A preset holds no weights of its own: it goes only with its base.
+            victim = next((mid for mid, m in self._loaded.items() if mid not in keep and not m.preset), None)
             if victim is None:
                 break
             evicted += self._pop(victim)
@@ -172,7 +180,7 @@ class ModelManager:
             since = self._since.get(model_id, 0.0)
             if model_id in self._loaded:
                 loaded = self._loaded[model_id]
-                return ModelState(model_id, entry.name, READY, "", loaded.memory_bytes, since,
+                return ModelState(model_id, entry.name, READY, shares_note(entry), loaded.memory_bytes, since,
                                   loaded.quant_format, loaded.bits, loaded.quant.label, loaded.engine,
                                   loaded.decode_plan)
             if model_id in self._loading:
@@ -186,7 +194,8 @@ class ModelManager:
         ok, reason = entry_availability(self.registry, entry)
         if error is not None and ok:  # weights that are simply absent stay "unavailable"
             return ModelState(model_id, entry.name, ERROR, error, 0, since)
-        return ModelState(model_id, entry.name, NOT_LOADED if ok else UNAVAILABLE, reason, 0, since)
+        return ModelState(model_id, entry.name, NOT_LOADED if ok else UNAVAILABLE, reason or shares_note(entry),
+                          0, since)
 
     def states(self) -> list[ModelState]:
         return [self.state(e.id) for e in self.registry]
@@ -199,10 +208,17 @@ def remote_availability(entry: ModelEntry) -> tuple[str, str]:
     return NOT_LOADED, f"remote: {entry.base_url}"
 
 
+def shares_note(entry: ModelEntry) -> str:
+    return f"preset of {entry.base}: shares its weights" if entry.preset else ""
+
+
 def entry_availability(registry: Registry, entry: ModelEntry) -> tuple[bool, str]:
     """Whether an entry's weights are here; a LoRA/PEFT entry needs its adapter folder and its base."""
     if not entry.base:
         return availability(entry.source)
+    if entry.preset:
+        ok, reason = entry_availability(registry, registry.get(entry.base))
+        return ok, "" if ok else f"base {entry.base}: {reason}"
     if not (Path(entry.adapter).expanduser() / "adapter_config.json").is_file():
         return False, f"adapter folder {entry.adapter} has no adapter_config.json"
     ok, reason = entry_availability(registry, registry.get(entry.base))
@@ -216,6 +232,8 @@ def release(models: list[LoadedModel]) -> None:
     (A helper, so that no loop variable in the caller keeps the last model alive through free_memory().)
     """
     for loaded in models:
+        if loaded.preset:  # the decode loop is its base's
+            continue
         loaded.backend.unload()
 
 

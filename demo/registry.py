@@ -78,8 +78,9 @@ class Quantization(Strict):
 class ModelEntry(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str
-    source: Optional[Source] = None  # local weights; a remote entry and a LoRA entry have none
-    base: Optional[str] = Field(None, description="a LoRA/PEFT entry: the id of the entry whose model it extends")
+    source: Optional[Source] = None  # local weights; a remote entry, a LoRA entry and a preset have none
+    base: Optional[str] = Field(None, description="the id of the entry whose loaded weights this one shares: "
+                                                  "with `adapter`, a LoRA/PEFT entry; alone, a preset")
     adapter: Optional[str] = Field(None, description="a LoRA/PEFT entry: the adapter folder")
     quantization: Optional[Quantization] = None
     family: str = "auto"
@@ -88,6 +89,9 @@ class ModelEntry(Strict):
     context_length: Optional[int] = Field(None, ge=16)
     generation: GenerationDefaults = GenerationDefaults()
     description: str = ""
+    system_prompt: Optional[str] = Field(None, description="used when a conversation brings no system message")
+    arena: bool = Field(True, description="false: the Arena never draws this entry (e.g. a base played by its "
+                                          "presets); Compare opens with the first two it draws from")
     # A model served elsewhere by an OpenAI-compatible engine (vLLM, TGI, SGLang, Ollama, transformers serve).
     # `backend: openai` is the older spelling of `engine: openai`; both load.
     backend: Literal["local", "openai"] = "local"
@@ -128,7 +132,7 @@ class ModelEntry(Strict):
         if not self.remote:
             if self.source is None and not (self.base or self.adapter):
                 raise ValueError("a local model needs `source` (or `base` + `adapter` for a LoRA/PEFT entry, "
-                                 "or `engine: openai` with `base_url`)")
+                                 "`base` alone for a preset, or `engine: openai` with `base_url`)")
             if remote_keys:
                 raise ValueError(f"{', '.join(remote_keys)} only apply to `engine: openai`")
             if (self.concurrency or 1) > 1:
@@ -144,6 +148,11 @@ class ModelEntry(Strict):
     def remote(self) -> bool:
         return self.engine_name == "openai"
 
+    @property
+    def preset(self) -> bool:
+        """A preset: another entry's weights (`base`, no `adapter`) with its own generation and system prompt."""
+        return bool(self.base) and not self.adapter
+
     @field_validator("family")
     @classmethod
     def known_family(cls, family: str) -> str:
@@ -155,7 +164,11 @@ class ModelEntry(Strict):
 
     @model_validator(mode="after")
     def weights_or_adapter(self):
-        if self.base or self.adapter:
+        if self.preset:
+            misplaced = preset_misplaced_keys(self.model_fields_set)
+            if misplaced:
+                raise ValueError(preset_key_error(misplaced[0]))
+        elif self.base or self.adapter:
             if not (self.base and self.adapter):
                 raise ValueError("a LoRA/PEFT entry needs both `base` (an entry id) and `adapter` (a folder)")
             if self.source or self.quantization or self.remote:
@@ -164,6 +177,20 @@ class ModelEntry(Strict):
         if self.remote and self.quantization:
             raise ValueError("`quantization` applies to local weights; a remote quantizes on its own side")
         return self
+
+
+# What a preset takes from its base rather than from its own entry.
+PRESET_INHERITED = ("source", "quantization", "family", "dtype", "device", "backend", "base_url", "api_key_env",
+                    "remote_model", "concurrency")
+
+
+def preset_misplaced_keys(keys) -> list[str]:
+    return [k for k in PRESET_INHERITED if k in keys]
+
+
+def preset_key_error(key: str) -> str:
+    return (f"a preset (`base` without `adapter`) shares its base's loaded weights and settles only name, "
+            f"description, generation, system_prompt, context_length and arena; remove `{key}`")
 
 
 class Settings(Strict):
@@ -227,12 +254,21 @@ class Registry:
         """
         entry = self.get(model_id)
         if entry.base or entry.quantization:
-            raise RegistryError(f"{model_id!r} cannot be quantized at load: it is a LoRA entry or already is")
+            raise RegistryError(f"{model_id!r} cannot be quantized at load: it is a LoRA entry, a preset, "
+                                "or already quantized")
         variant_id = f"{model_id}-{method}"
         if variant_id not in self.entries:
             self.add(entry.model_copy(update={"id": variant_id, "name": f"{entry.name} ({method})",
                                               "quantization": Quantization(method=method)}))
         return self.entries[variant_id]
+
+    def family(self, model_id: str) -> str:
+        """The entry's family; an entry on a `base` (preset, LoRA) has its base's."""
+        entry = self.get(model_id)
+        return self.get(entry.base).family if entry.base and entry.base in self.entries else entry.family
+
+    def presets_of(self, model_id: str) -> list[str]:
+        return [e.id for e in self.entries.values() if e.preset and e.base == model_id]
 
     @property
     def default_id(self) -> str | None:
@@ -267,6 +303,7 @@ def parse_registry(text: str, path: Path | str = "<registry>") -> Registry:
     if root is None:
         raise RegistryError(f"{path}:1: the registry is empty; it needs a `models:` list")
     check_duplicate_keys(root, path)
+    check_preset_keys(root, path)
     data = yaml.safe_load(text)
     try:
         parsed = RegistryFile.model_validate(data)
@@ -288,16 +325,36 @@ def parse_registry(text: str, path: Path | str = "<registry>") -> Registry:
     return registry
 
 
+def check_preset_keys(root, path) -> None:
+    """A preset (`base:` without `adapter:`) sets none of the keys it takes from its base: named at their line."""
+    models = next((v for k, v in getattr(root, "value", []) if getattr(k, "value", None) == "models"), None)
+    for index, item in enumerate(getattr(models, "value", None) or []):
+        if not isinstance(item, yaml.MappingNode):
+            continue
+        keys = {k.value: k for k, _ in item.value}
+        if "base" not in keys or "adapter" in keys:
+            continue
+        misplaced = preset_misplaced_keys(keys)
+        if misplaced:
+            key = keys[misplaced[0]]
+            raise RegistryError(f"{path}:{key.start_mark.line + 1}: models[{index}].{misplaced[0]}: "
+                                f"{preset_key_error(misplaced[0])}")
+
+
 def check_bases(entries: list[ModelEntry], root, path) -> None:
-    """Every `base:` names a full model entry of this registry (not another adapter entry)."""
+    """Every `base:` names a full local model entry of this registry (not a LoRA entry, a preset, a remote)."""
     by_id = {e.id: e for e in entries}
     for index, entry in enumerate(entries):
         if entry.base is None:
             continue
         base = by_id.get(entry.base)
+        what = "a preset" if entry.preset else "an adapter"
         reason = ("no model has this id" if base is None else
-                  "it is itself a LoRA/PEFT entry; point at the full model" if base.base else
-                  "it is a remote model; an adapter needs local weights" if base.remote else None)
+                  "it is itself a LoRA/PEFT entry; point at the full model" if base.base and not base.preset else
+                  "it is itself a preset; point at the full model" if base.base else
+                  f"it is a remote model; {what} needs local weights" + (
+                      " (another `backend: openai` entry with its own generation and system_prompt "
+                      "does the same there)" if entry.preset else "") if base.remote else None)
         if reason:
             line = node_line(root, ("models", index, "base"))
             raise RegistryError(f"{path}:{line}: models[{index}].base: {entry.base!r}: {reason}")

@@ -42,6 +42,7 @@ class RemoteModel:
     concurrency: int = REMOTE_CONCURRENCY
     limits: Limits = field(default_factory=Limits, repr=False)
     gate: Gate = field(default_factory=Gate, repr=False)
+    system_prompt: str | None = None  # the registry's, for conversations that bring no system message
     remote = True
     memory_bytes = 0  # the weights live on the remote
     load_seconds = 0.0
@@ -54,6 +55,7 @@ class RemoteModel:
     @property
     def decode_plan(self) -> str:
         return self.backend.decode_plan
+    base_id, preset = None, False  # shares no one's weights
 
     def __post_init__(self):
         self.slots = threading.BoundedSemaphore(self.concurrency)  # the rest wait here, in the gate's count
@@ -69,7 +71,7 @@ class RemoteModel:
                                   f"{entry.base_url}) is not set")
         defaults = GenerationParams().override(entry.generation.model_dump())
         return cls(entry.id, entry.base_url.rstrip("/"), entry.remote_model or entry.id, key, defaults,
-                   entry.context_length, entry.concurrency or REMOTE_CONCURRENCY)
+                   entry.context_length, entry.concurrency or REMOTE_CONCURRENCY, system_prompt=entry.system_prompt)
 
     def request_body(self, messages: Sequence[dict], params: GenerationParams) -> dict:
         greedy = params.greedy or params.temperature == 0

@@ -65,7 +65,7 @@ def test_generate_from_raw_input_ids(capsys, smollm, monkeypatch):
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["prompt", "no-such-model", "--messages", "x.json"]) == 2
     err = capsys.readouterr().err
-    assert "'no-such-model' is neither a registry id (smollm2-135m, smollm2-360m, " in err
+    assert "'no-such-model' is neither a registry id (smollm2-135m, smollm2-135m-precise, smollm2-135m-creative, smollm2-360m, " in err
     assert err.rstrip().endswith("nor a folder")
 
 

@@ -451,7 +451,8 @@ def load_gguf(entry, weights, adapter, started: float):
         defaults=merged_defaults(adapter, None, entry.generation), context_length=settings.seq_ctx,
         load_seconds=time.perf_counter() - started,
         quant=replace(weights.quant, detail=f"{kind} file, kept quantized in memory by llama.cpp"),
-        bits=int(bits.group()) if bits else None, engine_backend=backend)
+        bits=int(bits.group()) if bits else None, engine_backend=backend,
+        system_prompt=entry.system_prompt)
     backend.serve(loaded)
     return loaded
 

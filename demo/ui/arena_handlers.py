@@ -44,7 +44,7 @@ def new_session() -> ArenaSession:
 
 def start_round(hub: Hub, session: ArenaSession, rng: random.Random | None = None) -> None:
     session.discard()
-    session.round = ArenaRound(draw_pair(hub.available_ids(), rng))
+    session.round = ArenaRound(draw_pair(hub.arena_ids(), rng))
     session.comparison, session.errors = None, (None, None)
 
 
@@ -72,11 +72,15 @@ def result_text(session: ArenaSession) -> str:
             "Press *New round* for another pair.")
 
 
+def cannot_play(hub: Hub, error: ArenaError) -> str:
+    return hub.too_few_models("The Arena", arena=True) or f"⚠️ {error}"
+
+
 def new_round(hub: Hub, session: ArenaSession):
     try:
         start_round(hub, session)
     except ArenaError as e:
-        return session, *views(session), "", f"⚠️ {e}"
+        return session, *views(session), "", cannot_play(hub, e)
     return session, *views(session), "", "New round: two anonymous models were drawn. Say something."
 
 
@@ -92,7 +96,7 @@ def user_message(hub: Hub, text: str, session: ArenaSession, request=None):
         try:
             start_round(hub, session)
         except ArenaError as e:
-            problem = f"⚠️ {e}"
+            problem = f"{cannot_play(hub, e)} Nothing was sent."
     if problem:
         return text, session, *views(session), problem
     for conversation in session.round.conversations:
@@ -112,7 +116,7 @@ def reply(hub: Hub, session: ArenaSession, request=None):
     """Stream both sides (each model's own defaults); yields (session, chat A, chat B, status)."""
     r = session.round
     if r is None or r.vote is not None or any(not c or c[-1]["role"] != "user" for c in r.conversations):
-        yield session, *views(session), ""
+        yield session, *views(session), gr.skip()  # nothing was sent: the reason on the status line stays
         return
     refused = charge(hub, session, request)
     if refused:

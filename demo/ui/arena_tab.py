@@ -43,4 +43,4 @@ def build_arena_tab(hub: Hub) -> dict:
         # Votes go through the queue: the handler fsyncs, and the acknowledgement comes after the commit.
         voted.append(button.click(functools.partial(h.vote, hub, winner=key), session,
                                   [session, *chatbots, result, status], api_name=f"arena_vote_{key}"))
-    return {"chatbots": chatbots, "session": session, "voted": voted}
+    return {"chatbots": chatbots, "session": session, "voted": voted, "status": status}

@@ -106,7 +106,9 @@ def user_message(hub: Hub, text: str, ids, session: CompareSession, request=None
     """Append the user's message to every pane (a new model set starts a new conversation)."""
     session.stop()
     text, ids = (text or "").strip(), list(ids or [])
-    problem = check_models(hub, ids) or ("Type a message first." if not text else "") or hub.over_rate(request)
+    too_few = hub.too_few_models("Compare")
+    problem = ((too_few and f"{too_few} Nothing was sent.") or check_models(hub, ids)
+               or ("Type a message first." if not text else "") or hub.over_rate(request))
     if not problem:
         problem = too_long_for(hub, text)
     if problem:
@@ -130,7 +132,7 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls, request=None)
     """Stream every model's reply to the last user turn: yields (session, 4 chats, 4 stats lines, status)."""
     models = session.models
     if not models or any(not session.turns[m] or session.turns[m][-1]["role"] != "user" for m in models):
-        yield session, *views(session), ""
+        yield session, *views(session), gr.skip()  # nothing was sent: the reason on the status line stays
         return
     refused = charge(hub, session, request)  # Regenerate all, or a reply started alone, is charged here
     if refused:

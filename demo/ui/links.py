@@ -11,10 +11,15 @@ from .widgets import literal
 
 
 def on_load(hub: Hub, query: dict) -> list:
-    """Updates for [tabs, chat model, chat status, compare models, compare status, shared tab, shared header,
-    4 shared chatbots]."""
+    """Updates for [tabs, chat model, chat status, compare models, compare status, arena status, shared tab,
+    shared header, 4 shared chatbots]."""
     tabs, chat_model, chat_status = gr.update(), gr.update(), gr.update()
-    compare_models, compare_status = gr.update(), gr.update()
+    # Without a link, Compare opens on its default pair; with too few models both tabs say so at once.
+    available = hub.available_ids()
+    default = hub.compare_default(available)
+    compare_models = gr.update(value=default) if default else gr.update()
+    compare_status = hub.too_few_models("Compare", available) or gr.update()
+    arena_status = hub.too_few_models("The Arena", available, arena=True) or gr.update()
     shared = [gr.update()] * 6
     if query.get("model"):
         model = query["model"].strip()
@@ -30,4 +35,4 @@ def on_load(hub: Hub, query: dict) -> list:
     if query.get(share_handlers.LINK_PARAM):
         tabs = gr.update(selected="shared")
         shared = [gr.update(visible=True), *share_handlers.transcript_view(hub, query[share_handlers.LINK_PARAM])]
-    return [tabs, chat_model, chat_status, compare_models, compare_status, *shared]
+    return [tabs, chat_model, chat_status, compare_models, compare_status, arena_status, *shared]

@@ -4,9 +4,10 @@ from __future__ import annotations
 import gradio as gr
 
 from ..hub import Hub
-from ..manager import ERROR, UNAVAILABLE, ModelLoadError
+from ..manager import ERROR, READY, UNAVAILABLE, ModelLoadError
 
 COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format", "engine", "decode plan"]
+COLUMN_WIDTHS = ["11%", "12%", "7%", "7%", "8%", "22%", "11%", "8%", "14%"]
 REFUSED = "⚠️ Loading and unloading models is for this hub's admins."
 
 
@@ -15,15 +16,15 @@ def table(hub: Hub, manager_view: bool = True) -> list[list]:
     which models are loaded would tell which two an Arena round drew, and details can name server paths."""
     rows = []
     for state in hub.manager.states():
-        entry = hub.registry.get(state.id)
         if not manager_view:
             status = state.status if state.status in (UNAVAILABLE, ERROR) else "available"
-            rows.append([state.id, state.name, entry.family, status, "", "", "", "", ""])
+            rows.append([state.id, state.name, hub.registry.family(state.id), status, "", "", "", "", ""])
             continue
-        memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes else ""
+        # A loaded preset (or remote) shows 0: its weights are its base's (or the remote's).
+        memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes or state.status == READY else ""
         weights = state.quant_label + (f" · {state.bits}-bit in memory" if state.bits else "")
-        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights, state.engine,
-                     state.decode_plan])
+        rows.append([state.id, state.name, hub.registry.family(state.id), state.status, memory, state.detail,
+                     weights, state.engine, state.decode_plan])
     return rows
 
 

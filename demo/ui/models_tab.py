@@ -11,9 +11,10 @@ from . import models_handlers as h
 
 def build_models_tab(hub: Hub) -> dict:
     # Callables, so each page load shows the states of that moment; the visitor's view until the page's
-    # load event (app.py) knows who is asking.
+    # load event (app.py) knows who is asking. Fixed widths, so at 1280 px every header fits on one line
+    # and a long reason wraps inside `detail`.
     grid = gr.Dataframe(functools.partial(h.table, hub, False), headers=h.COLUMNS, interactive=False, wrap=True,
-                        elem_id="models-table")
+                        column_widths=h.COLUMN_WIDTHS, elem_id="models-table")
     info = gr.Markdown(functools.partial(h.summary, hub, False), elem_id="models-info")
     with gr.Row(visible=False) as manage:
         choice = gr.Dropdown(hub.choices(), label="Model", scale=3, elem_id="models-choice")
