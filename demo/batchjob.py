@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -250,7 +250,7 @@ class Job:
                 bar.update(1)
 
         try:
-            run_items(self.loaded, todo, replace(self.params), self.concurrency, keep)
+            run_items(self.loaded, todo, capped(self.loaded.limits, self.params), self.concurrency, keep)
         finally:
             journal.close()
             if bar is not None:
@@ -284,3 +284,11 @@ def default_concurrency(loaded) -> int:
     from .batching import MAX_BATCH
 
     return getattr(loaded, "concurrency", None) or MAX_BATCH
+
+
+def sole_user(loaded, concurrency: int) -> None:
+    """Admit `concurrency` requests at once to a model this process alone uses (the CLI, the bench): the
+    default gate lets one run and a few wait, and a job would otherwise spend its time retrying "busy"."""
+    from .limits import Gate
+
+    loaded.gate = Gate(concurrency, loaded.limits.queue_size)

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-results", help="output folder")
     bench.add_argument("--no-server", action="store_true", help="skip the hub server (2) and (5)")
     bench.add_argument("--no-transformers-serve", action="store_true", help="skip the transformers serve baseline")
+    bench.add_argument("--batch-job", action="store_true", help="measure only 16 prompts through `batch` "
+                       "against 16 sequential `generate` calls (target <= 0.4x); --concurrency sets the job's")
+    bench.add_argument("--concurrency", type=int, help="with --batch-job: prompts in flight (default: 8 local)")
     bench.set_defaults(run=cmd_bench)
     return parser
 
@@ -311,14 +314,13 @@ def cmd_generate(args) -> int:
 def cmd_batch(args) -> int:
     from tqdm import tqdm
 
-    from .batchjob import BatchError, Job, Paths, default_concurrency
-    from .limits import Gate
+    from .batchjob import BatchError, Job, Paths, default_concurrency, sole_user
 
     if args.concurrency is not None and args.concurrency < 1:
         raise CliError("--concurrency must be at least 1")
     loaded = load_for(args)
     concurrency = args.concurrency or default_concurrency(loaded)
-    loaded.gate = Gate(concurrency, loaded.limits.queue_size)  # this process is the model's only user
+    sole_user(loaded, concurrency)
     job = Job(loaded, Path(args.data_file), Paths.beside(args.out), params_of(args, loaded.defaults), args.raw,
               concurrency, args.data_format)
     bar = lambda total, initial: tqdm(total=total, initial=initial, unit="prompt", desc=loaded.id, file=sys.stderr)
@@ -455,14 +457,16 @@ def print_board(board, path) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, run_bench
-    from .bench_report import markdown, write
-
     if args.model is None:
         registry = registry_of(args)
         if not registry.default_id:
             raise CliError("the registry has no models; name one to bench")
         args.model = registry.default_id
+    if args.batch_job:
+        return cmd_bench_batch_job(args)
+    from .bench import BenchConfig, run_bench
+    from .bench_report import markdown, write
+
     try:
         clients = tuple(sorted({int(c) for c in args.clients.split(",") if c.strip()}))
     except ValueError:
@@ -476,4 +480,20 @@ def cmd_bench(args) -> int:
     paths = write(report, config.out)
     print(markdown(report))
     print(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_batch_job(args) -> int:
+    from .batchbench import markdown, run_batch_bench
+
+    if args.new_tokens < 1 or args.repeats < 1 or (args.concurrency or 1) < 1:
+        raise CliError("--new-tokens, --repeats and --concurrency must be positive")
+    loaded = load_for(args)
+    report = run_batch_bench(loaded, args.new_tokens, args.repeats, args.concurrency,
+                             log=lambda text: print(text, file=sys.stderr, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "batch-job.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(markdown(report))
+    print(f"wrote {out / 'batch-job.json'}", file=sys.stderr)
     return 0

@@ -174,3 +174,14 @@ def test_a_remote_openai_entry_runs_the_same_job(hub_server, tmp_path):
     assert all(r["error"] is None and r["output"] and 0 < r["new_tokens"] <= 8 for r in records)
     assert records[0]["prompt_tokens"] > 10  # from the server's usage
     assert main([*argv, "--raw", "--out", str(tmp_path / "raw.json")]) == 2  # no chat template to skip there
+
+
+def test_bench_batch_job_measures_both_ways_on_the_same_engine(local):
+    """`bench --batch-job` at a tiny size (the speed target is the bench's, not a test's)."""
+    from demo.batchbench import PROMPTS, markdown, run_batch_bench
+
+    report = run_batch_bench(local, new_tokens=4, repeats=1, prompts=PROMPTS[:4], log=lambda text: None)
+    run = report["runs"][0]
+    assert run["sequential_s"] > 0 and run["batch_s"] > 0 and report["ratio"] == run["batch_s"] / run["sequential_s"]
+    assert run["same_replies"] and run["sequential_tokens"] == run["batch_tokens"] > 0
+    assert "batch job ÷ sequential generate calls" in markdown(report)
