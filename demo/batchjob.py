@@ -235,6 +235,8 @@ class Job:
         """Run the lines that have no record yet; write the output and the settings; return the records."""
         if self.raw and self.loaded.remote:
             raise BatchError("--raw needs a local model: a remote engine's chat endpoint applies its own template")
+        if not self.paths.out.parent.is_dir():
+            raise BatchError(f"{self.paths.out.parent}: no such folder for the output")
         items = read_items(self.data_file, self.raw, self.fmt)
         settings = self.settings()
         journal = Journal(self.paths.journal)

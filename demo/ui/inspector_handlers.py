@@ -67,7 +67,8 @@ def note(text: str) -> str:
 def render(model_id: str, report: dict, messages: list[dict]) -> str:
     """The summary line, the dropped turns, and the prompt text with each special token marked."""
     context = report["context_length"]
-    of = f" of a {context:,}-token context" if context else ""
+    of = (f" of a {context:,}-token context" if context
+          else " (the context is not known without the weights: set context_length in the registry)")
     parts = [f"<p class=\"prompt-summary\"><b>{html.escape(model_id)}</b>: {report['prompt_tokens']:,} tokens{of}; "
              f"reply budget {report['max_new_tokens'] or '–'} tokens; "
              f"{len(report['stop_token_ids'])} stop ids, {len(report['stop_strings'])} stop strings</p>"]
