@@ -157,6 +157,9 @@ class _RemoteStream:
                     if response.status_code != 200:
                         raise _http_error(response)
                     for event in _events(response):
+                        if finish:  # the reply has ended; the usage event (prompt tokens) may follow
+                            self._read(event)
+                            continue
                         finish = self._finish_now()
                         if finish:
                             break
@@ -165,13 +168,12 @@ class _RemoteStream:
                             finish = "stop"
                         if delta:
                             yield self.Chunk(self.text, delta, _copy(self.stats))
-                        if finish:
-                            break
         except RemoteError as e:
             finish, error, code = "error", str(e), e.code
         except httpx.HTTPError as e:
-            finish, code = "error", REMOTE_ERROR
-            error = f"remote {self.model.base_url}: {type(e).__name__}: {e or 'no answer'}"
+            if not finish:  # a stream cut while only its usage was still to come leaves the reply whole
+                finish, code = "error", REMOTE_ERROR
+                error = f"remote {self.model.base_url}: {type(e).__name__}: {e or 'no answer'}"
         if finish == "error" and code == TIMEOUT:
             error = error or f"generation took longer than {self.timeout_s:g} s"
         tail = self.stops.flush()

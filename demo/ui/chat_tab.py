@@ -7,7 +7,8 @@ import gradio as gr
 
 from ..hub import Hub
 from . import chat_handlers as h
-from . import share_handlers
+from . import inspector_handlers, share_handlers
+from .inspector import build_inspector
 from .widgets import message_row
 
 
@@ -40,6 +41,11 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
             greedy = gr.Checkbox(defaults.greedy, label="greedy")
     controls = [custom, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy]
+    inspector = build_inspector("chat")
+    prompt_io = dict(fn=functools.partial(inspector_handlers.chat_prompt, hub),
+                     inputs=[session, model, system, max_new_tokens], outputs=inspector["outputs"])
+    inspector["show"].click(**prompt_io, api_name="chat_prompt")
+    inspector["accordion"].expand(**prompt_io, api_visibility="private")
 
     # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
     def reply(state, model_id, system_prompt, use_custom, temp, p, k, penalty, budget, seed_value, argmax,

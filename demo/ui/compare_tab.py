@@ -9,7 +9,8 @@ from ..compare import MAX_MODELS
 from ..hub import Hub
 from ..params import GenerationParams
 from . import compare_handlers as h
-from . import share_handlers
+from . import inspector_handlers, share_handlers
+from .inspector import build_inspector
 from .widgets import message_row
 
 
@@ -49,6 +50,14 @@ def build_compare_tab(hub: Hub) -> dict:
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
             greedy = gr.Checkbox(d.greedy, label="greedy", elem_id="compare-greedy")
     controls = [temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy]
+    inspector = build_inspector("compare", models=True)
+    models.change(inspector_handlers.model_choices, models, inspector["model"], queue=False,
+                  api_visibility="private")
+    prompt_io = dict(fn=functools.partial(inspector_handlers.compare_prompt, hub),
+                     inputs=[session, inspector["model"], own, max_new_tokens], outputs=inspector["outputs"])
+    inspector["show"].click(**prompt_io, api_name="compare_prompt")
+    inspector["accordion"].expand(**prompt_io, api_visibility="private")
+    inspector["model"].input(**prompt_io, api_visibility="private")
     panes = [*chatbots, *footers]
 
     # change: also when a ?compare= link sets the models; input: only the user's own choice gets a verdict.
