@@ -1,5 +1,6 @@
 """`python -m demo` commands on the real default model."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,20 @@ def test_generate_json_in_a_real_process(messages_file):
     assert out["output_ids"][-1] == 2 and out["prompt_ids"][:1] == [1]
     assert set(out["stats"]) >= {"prompt_tokens", "new_tokens", "ttft_s", "tokens_per_s"}
     assert "Failed to load" not in result.stderr  # torchao's CUDA-kernel warnings are quiet on CPU
+    assert not library_lines(result.stderr), result.stderr  # nor torch's _pytree notes, nor the GGUF dtype advice
+
+
+def library_lines(stderr: str) -> list[str]:
+    """Lines logged or warned by torch or transformers (progress bars are not lines of theirs)."""
+    return [line for line in stderr.splitlines()
+            if re.search(r"site-packages/(torch|transformers)|^\[transformers\]|_pytree|Warning:", line)]
+
+
+def test_list_prints_no_library_line():
+    result = subprocess.run([sys.executable, "-m", "demo", "list"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "smollm2-135m-precise" in result.stdout
+    assert not library_lines(result.stderr) and not library_lines(result.stdout), result.stderr
 
 
 def test_generate_from_raw_input_ids(capsys, smollm, monkeypatch):
