@@ -242,15 +242,27 @@ def load_model(entry: ModelEntry, registry: Registry | None = None):
 def cmd_list(args) -> int:
     from .manager import ModelManager
 
+    from .decodeplan import cpu_isa
+
     manager = ModelManager(registry_of(args))
-    rows = [dict(id=s.id, name=s.name, status=s.status, detail=s.detail,
-                 family=manager.registry.get(s.id).family) for s in manager.states()]
+    isa = cpu_isa()
+    rows = [dict(id=s.id, name=s.name, status=s.status, detail=s.detail, family=manager.registry.get(s.id).family,
+                 decode=decode_of(manager.registry.get(s.id), isa)) for s in manager.states()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
             print(f"{row['id']:<24} {row['status']:<12} {row['name']}" + (f"  ({row['detail']})" if row["detail"] else ""))
     return 0
+
+
+def decode_of(entry, isa: str) -> dict | None:
+    """A local entry's decode settings (registry and HUB_* variables) and the CPU its plan is chosen for."""
+    if entry.remote or entry.decode is None:
+        return None
+    from .decodeplan import with_environment
+
+    return {**with_environment(entry.decode).model_dump(), "isa": isa}
 
 
 def cmd_prompt(args) -> int:

@@ -2,65 +2,23 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from adapters import ChatAdapter, detect_family, get_adapter
-from adapters.quant import NONE_SPEC, QuantSpec, held_bits
+from adapters.quant import held_bits
 from adapters.weights import Weights, resolve, with_quantization
 
-from .limits import Gate
+from .decoding import prepare
+from .loaded import LoadedModel
+from .memory import model_bytes  # noqa: F401  (re-exported: where callers have long found it)
 from .params import GenerationParams, from_generation_config
-from .registry import GenerationDefaults, Limits, ModelEntry, Source
+from .registry import GenerationDefaults, ModelEntry, Source
 from .threads import on_own_thread
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class LoadedModel:
-    id: str
-    model: object
-    tokenizer: object
-    adapter: ChatAdapter
-    defaults: GenerationParams
-    context_length: int | None
-    extra_stop_ids: list[int] = field(default_factory=list)
-    load_seconds: float = 0.0
-    quant: QuantSpec = NONE_SPEC  # format on disk and in memory (adapters/quant.py)
-    bits: int | None = None  # bits per weight of the (quantized) linear layers in memory
-    base_id: str | None = None  # a LoRA/PEFT entry: the entry whose weights it shares
-    # One generation at a time per model unless an engine batches them.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # The hub's limits and admission for this model (the manager sets them from the registry).
-    limits: Limits = field(default_factory=Limits, repr=False)
-    gate: Gate = field(default_factory=Gate, repr=False)
-    remote = False  # a RemoteModel (demo/remote.py) streams from an OpenAI-compatible server instead
-    # The batched decode loop (demo/batching.py); None: not decided yet, False: generate() serves.
-    batcher: object = field(default=None, repr=False)
-
-    @property
-    def memory_bytes(self) -> int:
-        own = getattr(self.model, "own_bytes", None)  # a LoRA view counts only its adapter's weights
-        return own() if own else model_bytes(self.model)
-
-    @property
-    def quant_format(self) -> str:
-        """none | gptq | awq | bnb-4bit | bnb-8bit | gguf: what the Models tab shows as the format."""
-        return self.quant.method
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
-
-def model_bytes(model) -> int:
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.nbytes for t in tensors.values())
 
 
 def pick_device(choice: str) -> str:
@@ -145,12 +103,14 @@ def _load_entry(entry: ModelEntry, base: LoadedModel | None) -> LoadedModel:
     tokenizer = adapter.load_tokenizer(weights)
     model = adapter.load_model(weights, dtype, device)
     config = getattr(model, "generation_config", None)
+    bits = held_bits(weights.quant, model.dtype)  # as loaded: a float32 decode plan does not change the format
+    plan, decoder = prepare(model, weights.quant.method, entry.decode)
     return LoadedModel(
         id=entry.id, model=model, tokenizer=tokenizer, adapter=adapter,
         defaults=merged_defaults(adapter, config, entry.generation),
         context_length=entry.context_length or folder_context(adapter, weights) or context_of(model),
         extra_stop_ids=eos_ids(config), load_seconds=time.perf_counter() - started,
-        quant=weights.quant, bits=held_bits(weights.quant, model.dtype))
+        quant=weights.quant, bits=bits, plan=plan, decoder=decoder)
 
 
 def merged_defaults(adapter: ChatAdapter, config, registry: GenerationDefaults) -> GenerationParams:

@@ -1,8 +1,6 @@
 """The model manager: load on first use, one shared load per model, LRU eviction under a memory budget."""
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import logging
 import threading
@@ -16,7 +14,9 @@ from typing import Callable
 from adapters.weights import availability
 
 from .limits import REMOTE_CONCURRENCY, Gate
-from .loader import LoadedModel, load_entry
+from .loaded import LoadedModel
+from .loader import load_entry
+from .memory import free_memory
 from .registry import ModelEntry, Registry
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class ModelState:
     quant_format: str = ""  # when loaded: none | gptq | awq | bnb-4bit | bnb-8bit | gguf
     bits: int | None = None  # when loaded: bits per weight of its linear layers in memory
     quant_label: str = ""  # when loaded: e.g. "GPTQ 4-bit (gptq_v2, desc_act)"
+    decode: str = ""  # when loaded: its decode plan in one line (demo/decodeplan.py)
 
 
 class ModelManager:
@@ -85,7 +86,6 @@ class ModelManager:
             base = self.get(entry.base) if entry.base else None
             with _LOAD_LOCK:
                 loaded = self.loader(entry, base) if base is not None else self.loader(entry)
-                prepare_decoding(loaded)
         except Exception as e:  # any failure stays with this model
             message = f"{type(e).__name__}: {e}"
             log.warning("loading %s failed: %s", entry.id, message)
@@ -162,8 +162,10 @@ class ModelManager:
             since = self._since.get(model_id, 0.0)
             if model_id in self._loaded:
                 loaded = self._loaded[model_id]
+                plan = getattr(loaded, "plan", None)  # a remote model has none
                 return ModelState(model_id, entry.name, READY, "", loaded.memory_bytes, since,
-                                  loaded.quant_format, loaded.bits, loaded.quant.label)
+                                  loaded.quant_format, loaded.bits, loaded.quant.label,
+                                  plan.summary() if plan else "")
             if model_id in self._loading:
                 return ModelState(model_id, entry.name, LOADING, f"loading for {time.time() - since:.0f} s",
                                   0, since)
@@ -204,40 +206,6 @@ def release(models: list[LoadedModel]) -> None:
     (A helper, so that no loop variable in the caller keeps the last model alive through free_memory().)
     """
     for loaded in models:
-        close = getattr(loaded.batcher, "close", None)
-        if close is not None:
-            close(wait_s=0.5)
-
-
-def free_memory() -> None:
-    """Give freed tensors' memory back: collect cycles, empty the CUDA cache, trim the C heap.
-
-    Without the trim, glibc keeps the freed weights of an evicted CPU model in its arenas (its mmap
-    threshold grows as large blocks are freed), so the process would not shrink.
-    """
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    trim_c_heap()
-
-
-def trim_c_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
-def prepare_decoding(loaded: LoadedModel) -> None:
-    """Build the model's batched decode loop now, as part of the load, so that its one-time probes
-    (about a second on the default model) do not delay the first reply. A failure here only means
-    the model is served through generate()."""
-    from .engine import batcher_for
-
-    try:
-        batcher_for(loaded)
-    except Exception:
-        log.exception("preparing the batched decode loop of %s failed; generate() will serve it", loaded.id)
-        loaded.batcher = False
+        decoder = getattr(loaded, "decoder", None)  # a remote model has none
+        if decoder is not None:
+            decoder.close(wait_s=0.5)

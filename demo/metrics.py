@@ -36,7 +36,8 @@ class Metrics:
             for (model, outcome), n in self.counts.items():
                 counts.setdefault(model, {})[outcome] = n
             recent = list(self.recent)
-        gates = {m.id: {"in_flight": m.gate.in_flight, "rejected_busy": m.gate.rejected}
+        gates = {m.id: {"in_flight": m.gate.in_flight, "rejected_busy": m.gate.rejected,
+                        "decode_plan": m.plan.as_dict() if getattr(m, "plan", None) else None}
                  for m in manager.loaded_models()}
         return {"rss_bytes": psutil.Process().memory_info().rss, "counts": counts, "models": gates,
                 "recent": recent}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..hub import Hub
 from ..manager import ModelLoadError
 
-COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format"]
+COLUMNS = ["id", "name", "family", "state", "memory (MB)", "detail", "format", "decode plan"]
 
 
 def table(hub: Hub) -> list[list]:
@@ -13,7 +13,7 @@ def table(hub: Hub) -> list[list]:
         entry = hub.registry.get(state.id)
         memory = f"{state.memory_bytes / 2**20:.0f}" if state.memory_bytes else ""
         weights = state.quant_label + (f" · {state.bits}-bit in memory" if state.bits else "")
-        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights])
+        rows.append([state.id, state.name, entry.family, state.status, memory, state.detail, weights, state.decode])
     return rows
 
 
