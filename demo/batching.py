@@ -157,7 +157,8 @@ def _rows_agree_from_two(linear: torch.nn.Linear, max_batch: int, trials: int = 
         paired = torch.cat([linear.forward(x[[i, (i + 1) % max_batch]])[:1] for i in range(max_batch)])
         if any(not torch.equal(linear.forward(x[:rows]), paired[:rows]) for rows in range(2, max_batch + 1)):
             return False
-        if not within_rounding(paired, torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)])):
+        if not within_rounding(paired, torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)]),
+                               terms=linear.in_features):
             return False
     return True
 

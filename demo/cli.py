@@ -436,8 +436,8 @@ def print_board(board, path) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, run_bench
-    from .bench_report import markdown, write
+    from bench.report import markdown, write  # the bench is a package of its own, beside demo/
+    from bench.run import BenchConfig, run_bench
 
     if args.model is None:
         registry = registry_of(args)

@@ -132,7 +132,7 @@ class LeanDecode:
                                    for b in range(rows)])
                 if grouped and not torch.equal(_sdpa(attention, q, keys, values, fold=True), alone):
                     return False
-                if not within_rounding(alone, _sdpa(attention, q, keys, values)):
+                if not within_rounding(alone, _sdpa(attention, q, keys, values), terms=q.shape[-1] + length):
                     return False
         return True
 

@@ -96,7 +96,7 @@ class PackedGroup:
             shape = (rows, 1, n_in) if rows <= 8 else (1, rows, n_in)
             x = heavy_tailed(shape, generator).to(weight.dtype)
             got, want = self(x), F.linear(x, weight, self.bias)
-            if not (torch.equal(got, want) if exact else within_rounding(got, want)):
+            if not (torch.equal(got, want) if exact else within_rounding(got, want, terms=n_in)):
                 return False
         return torch.equal(_dense(self.packed), weight)
 

@@ -36,7 +36,7 @@ def stock(smollm, registry):
     """The default model as stock transformers: a model of its own, as the hub's copy may be packed (demo.prepack)."""
     from dataclasses import replace
 
-    from demo.bench import bare_model
+    from bench.run import bare_model
     from tests.conftest import DEFAULT_ID
 
     return replace(smollm, model=bare_model(registry.get(DEFAULT_ID))[0])

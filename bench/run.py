@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from . import bench_servers as servers
-from .engine import stream_chat
-from .loaded import LoadedModel
-from .manager import ModelManager
-from .memory import free_memory
-from .registry import DecodeSettings, ModelEntry, Registry, Settings
-from .threads import on_own_thread
+from demo.engine import stream_chat
+from demo.loaded import LoadedModel
+from demo.manager import ModelManager
+from demo.memory import free_memory
+from demo.registry import DecodeSettings, ModelEntry, Registry, Settings
+from demo.threads import on_own_thread
+
+from . import servers
 
 FILLER = ("The lighthouse keeper wrote down the weather every morning: wind, clouds, the colour of the sea, "
           "and the ships that passed. ")
@@ -143,7 +144,7 @@ def _nothing(loaded: LoadedModel):
 
 def exact_copy(entry: ModelEntry) -> LoadedModel:
     """The entry loaded again with an exact decode plan: every step bitwise generate()'s, in its dtype."""
-    from .loader import load_entry
+    from demo.loader import load_entry
 
     settings = (entry.decode or DecodeSettings()).model_copy(update={"exact": True})
     return load_entry(entry.model_copy(update={"decode": settings}))
@@ -230,7 +231,7 @@ def bare_model(entry: ModelEntry, dtype=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adapters.weights import resolve
-    from .loader import pick_device, pick_dtype
+    from demo.loader import pick_device, pick_dtype
 
     weights = resolve(entry.source)
     device = pick_device(entry.device)
@@ -409,7 +410,7 @@ def concurrency_ratios(prefix: str, series: list[dict], serve: dict) -> dict:
 def paired_ratio(many: dict, one: dict) -> float:
     """The median, over repeats, of n clients' tok/s ÷ one client's in the same repeat.
 
-    A repeat runs every client count within a minute or so (demo.bench_servers.series), and this VM's
+    A repeat runs every client count within a minute or so (bench.servers.series), and this VM's
     speed drifts 10-20% over minutes; pairing by repeat keeps that drift out of the ratio, where a ratio of
     the two medians can set a fast repeat of one count against a slow repeat of the other."""
     pairs = list(zip(many.get("aggregate_tok_s_samples") or [], one.get("aggregate_tok_s_samples") or []))
