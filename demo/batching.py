@@ -24,7 +24,7 @@ import torch
 
 from .decodeplan import LinearPlan
 from .fastdecode import LeanDecode
-from .memory import trim_c_heap
+from .memory import model_bytes, trim_c_heap
 from .prepack import Packing
 from .rounding import heavy_tailed, within_rounding
 
@@ -196,10 +196,12 @@ class BatchedDecoder:
     """The decode loop of one model; `submit` is thread-safe, everything else runs on the loop's thread."""
 
     def __init__(self, model, max_batch: int = MAX_BATCH, lean: bool = True, prepack: bool = True,
-                 exact: bool = False, exact_packing: bool = True):
+                 exact: bool = False, exact_packing: bool = True, prefill_model=None):
         """`lean`, `prepack` and `exact` as the decode plan says (demo.decodeplan); `exact_packing`: pack only
-        where the packed products are bitwise F.linear's (else within rounding, for a float32 plan)."""
-        self.model, self.max_batch = model, max_batch
+        where the packed products are bitwise F.linear's (else within rounding, for a float32 plan);
+        `prefill_model`: a copy of the model in another dtype that prefills (float32 on a CPU without bf16
+        kernels), whose cache is then held in the decode model's dtype."""
+        self.model, self.max_batch, self.prefill_model = model, max_batch, prefill_model
         rowwise_attention(model)
         step = LeanDecode.fuse(model, exact) if lean else None
         self.packing = Packing(exact_packing)
@@ -224,9 +226,14 @@ class BatchedDecoder:
     def packed(self) -> int:
         return len(self.packing)
 
+    def extra_bytes(self) -> int:
+        """Memory the loop holds beside the model's own tensors: the prefill copy's weights."""
+        return model_bytes(self.prefill_model) if self.prefill_model is not None else 0
+
     def restore_stock(self) -> None:
         """Stock Linears again (plain weights, their own forward), for PEFT: call once the loop is closed."""
         self.packing.unpack()
+        self.prefill_model = None  # generate() prefills with the model itself
         for module, plan in self.linears.items():
             if plan.whole is not None:
                 module.__dict__.pop("forward", None)
@@ -302,8 +309,12 @@ class BatchedDecoder:
         request.admitted()
         ids = torch.tensor([request.input_ids], device=self._device())
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = (self.prefill_model or self.model)(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if self.prefill_model is not None:  # keys and values in the decode dtype, as the decode steps add them
+            dtype = self.model.get_input_embeddings().weight.dtype
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
         slot = _Slot(request, ids, *sampling_of(request.params, self._device()), position=ids.shape[1])
         self._merge(cache, ids.shape[1])
         self.active.append(slot)

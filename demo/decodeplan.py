@@ -8,9 +8,9 @@ the load-time probes of demo/batching.py and demo/fastdecode.py find on the mode
 Why the compute dtype depends on the CPU: without AVX-512 (or AVX-NE-CONVERT, AMX) the CPU has no bf16
 matmul kernels, and PyTorch's fallback costs about as many times one row as the call has rows. A prefill of
 65 tokens then takes about 3x float32's time, and a batch of 4 decode rows nearly 4 single steps
-(/docs/decoding.md has the measurements). So on such a CPU the plan holds the weights in float32, where a
-multi-row product costs 2-3x one row, not 4-65x; with oneDNN-packed float32 weights (demo/prepack.py) one
-row costs no more than bf16's.
+(docs/decoding.md has the measurements). So on such a CPU the plan prefills with a float32 copy of the
+weights and decodes in the model's dtype; `compute: float32` holds everything in float32, where a multi-row
+decode step costs less than twice one row, with oneDNN-packed float32 weights (demo/prepack.py).
 """
 from __future__ import annotations
 
@@ -130,21 +130,24 @@ def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def compute_dtype(settings: DecodeSettings, model_dtype: torch.dtype, device: str, isa: str,
-                  weight_bytes: int) -> torch.dtype:
-    """The dtype the weights are held and computed in.
+def compute_dtypes(settings: DecodeSettings, model_dtype: torch.dtype, device: str, isa: str,
+                   weight_bytes: int) -> tuple[torch.dtype, torch.dtype]:
+    """(prefill dtype, decode dtype): what the weights are held and computed in for each.
 
-    `auto` picks float32 for a bf16/fp16 model on a CPU without fast bf16 kernels, unless its float32
-    weights would take more than a quarter of this machine's memory (a large model keeps its dtype: twice
-    its weights would not fit beside the others)."""
+    `auto`, for a bf16/fp16 model on a CPU without fast bf16 kernels: prefill in float32 (a float32 copy of
+    the weights, about 3.7x faster for a 65-token prompt here), decode in the model's dtype (one row costs
+    less in bf16, whose weights are half the bytes; float32 decode steps measured 1.9x a bf16 step at one
+    row here). Unless the float32 copy would take more than a quarter of this machine's memory: a large
+    model keeps its dtype for both. `float32`: both in float32 (4 rows cost 1.4x one row, against 2.1x in
+    bf16, but one row twice bf16's)."""
     if settings.exact or settings.compute == "model" or device != "cpu":
-        return model_dtype
+        return model_dtype, model_dtype
     if settings.compute == "float32":
-        return torch.float32
+        return torch.float32, torch.float32
     if model_dtype not in (torch.bfloat16, torch.float16) or fast_bf16(isa):
-        return model_dtype
+        return model_dtype, model_dtype
     float32_bytes = weight_bytes * 4 // model_dtype.itemsize
-    return torch.float32 if float32_bytes <= machine_memory_bytes() // 4 else model_dtype
+    return (torch.float32 if float32_bytes <= machine_memory_bytes() // 4 else model_dtype), model_dtype
 
 
 def machine_memory_bytes() -> int:

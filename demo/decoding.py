@@ -2,12 +2,13 @@
 the plan's dtype, and build its batched decode loop (demo/batching.py). Runs once, as part of the load."""
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 
 from .batching import BatchedDecoder, can_batch
-from .decodeplan import DecodePlan, compute_dtype, cpu_isa, dtype_name, with_environment
+from .decodeplan import DecodePlan, compute_dtypes, cpu_isa, dtype_name, with_environment
 from .memory import model_bytes, trim_c_heap
 from .registry import DecodeSettings
 
@@ -23,26 +24,32 @@ def prepare(model, quant_format: str, settings: DecodeSettings | None) -> tuple[
     isa = cpu_isa()
     loaded_dtype = _dtype_of(model)
     device = next(model.parameters()).device.type
-    dtype = loaded_dtype
+    prefill, decode = loaded_dtype, loaded_dtype
     if quant_format in PLAIN_FORMATS and loaded_dtype is not None:
-        dtype = compute_dtype(settings, loaded_dtype, device, isa, model_bytes(model))
-    if dtype != loaded_dtype:
-        hold_in(model, dtype)
-    name = dtype_name(dtype or "")
-    plan = DecodePlan(isa=isa, loop=False, weights_dtype=name, prefill_dtype=name, decode_dtype=name,
-                      exact=settings.exact)
+        prefill, decode = compute_dtypes(settings, loaded_dtype, device, isa, model_bytes(model))
+    if decode != loaded_dtype:
+        hold_in(model, decode)
     reason = _no_loop_reason(model, quant_format, settings)
-    if reason:
-        return DecodePlan(**{**plan.__dict__, "reason": reason}), None
+    if reason:  # generate() prefills with the model's own weights
+        name = dtype_name(decode or "")
+        return DecodePlan(isa=isa, loop=False, weights_dtype=name, prefill_dtype=name, decode_dtype=name,
+                          exact=settings.exact, reason=reason), None
+    prefill_model = None
+    if prefill != decode:
+        prefill_model = copy.deepcopy(model)  # before the loop fuses and packs the decode weights
+        hold_in(prefill_model, prefill)
     try:
         decoder = BatchedDecoder(model, lean=settings.lean, prepack=settings.prepack, exact=settings.exact,
-                                 exact_packing=dtype == loaded_dtype)
+                                 exact_packing=decode == loaded_dtype, prefill_model=prefill_model)
     except Exception as e:  # a failure here only means the model is served through generate()
         log.exception("preparing the batched decode loop failed; generate() will serve")
-        return DecodePlan(**{**plan.__dict__, "reason": f"the loop failed to start: {type(e).__name__}"}), None
+        name = dtype_name(decode or "")
+        return DecodePlan(isa=isa, loop=False, weights_dtype=name, prefill_dtype=name, decode_dtype=name,
+                          exact=settings.exact, reason=f"the loop failed to start: {type(e).__name__}"), None
     lean = decoder.lean
-    return DecodePlan(isa=isa, loop=True, weights_dtype=name, prefill_dtype=name, decode_dtype=name,
-                      exact=settings.exact, lean=lean is not None,
+    weights = dtype_name(decode) + (f" + {dtype_name(prefill)} for prefill" if prefill_model is not None else "")
+    return DecodePlan(isa=isa, loop=True, weights_dtype=weights, prefill_dtype=dtype_name(prefill),
+                      decode_dtype=dtype_name(decode), exact=settings.exact, lean=lean is not None,
                       prepacked=decoder.packed, group_rows=bool(lean and lean.group_rows),
                       fold_heads=bool(lean and lean.fold_heads), pair_rows=bool(lean and lean.pair_rows),
                       linears=decoder.linears), decoder

@@ -132,7 +132,9 @@ class LeanDecode:
                                    for b in range(rows)])
                 if grouped and not torch.equal(_sdpa(attention, q, keys, values, fold=True), alone):
                     return False
-                if not within_rounding(alone, _sdpa(attention, q, keys, values), terms=q.shape[-1] + length):
+                stock = (_sdpa(attention, q, keys, values) if grouped else
+                         torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1], values[b:b + 1]) for b in range(rows)]))
+                if not within_rounding(alone, stock, terms=q.shape[-1] + length):
                     return False
         return True
 

@@ -45,7 +45,8 @@ class LoadedModel:
     @property
     def memory_bytes(self) -> int:
         own = getattr(self.model, "own_bytes", None)  # a LoRA view counts only its adapter's weights
-        return own() if own else model_bytes(self.model)
+        extra = self.decoder.extra_bytes() if self.decoder is not None else 0  # e.g. a float32 prefill copy
+        return (own() if own else model_bytes(self.model)) + extra
 
     @property
     def quant_format(self) -> str:

@@ -99,8 +99,9 @@ def test_a_kernel_that_mixes_rows_makes_the_step_run_rows_alone(monkeypatch):
         return out * 1.01 if q.shape[0] > 1 else out
 
     monkeypatch.setattr(fastdecode, "_sdpa", batch_variant)
-    assert not lean.rows_attend_alone_in_a_group()
-    assert lean.checked() and lean.group_rows is False and lean.fold_heads is False
+    assert not lean.rows_attend_alone_in_a_group() and not lean.heads_fold_soundly(grouped=True)
+    # each row alone: folded and stock calls are both one row's, so folding is judged on those
+    assert lean.checked() and lean.group_rows is False and lean.fold_heads is True
     monkeypatch.setattr(lean, "rows_attend_alone_in_a_group", lambda: True)  # the probe misses it: the check does not
     assert lean.checked() and lean.group_rows is False
 
