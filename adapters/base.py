@@ -8,15 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .errors import AdapterError, ContextTooLong  # noqa: F401  (raised by the families; imported from here too)
+
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
-
-
-class AdapterError(ValueError):
-    """A family cannot build a prompt or resolve a stop marker for this tokenizer."""
-
-
-class ContextTooLong(AdapterError):
-    """Even the last message alone leaves no room for a reply in the model's context."""
 
 
 @dataclass

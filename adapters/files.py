@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import AdapterError
+from .errors import AdapterError
 
 
 def read_json(path: Path) -> dict:

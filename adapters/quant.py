@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import AdapterError
+from .errors import AdapterError
 
 # gptqmodel sizes its CPU thread pool to half the cores, but its model loader asks for 2 workers: on a
 # 2-core machine that fails ("requests 2 workers but parent 'cpu' only has 1"). Give it at least 2.

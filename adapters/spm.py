@@ -97,7 +97,7 @@ class SentencePieceTokenizer(PreTrainedTokenizer):
 
 def load_sentencepiece(folder: Path, extra_special_pieces=(), **special) -> SentencePieceTokenizer:
     """The tokenizer of `folder/tokenizer.model`; a clear error naming the file when it is missing or bad."""
-    from .base import AdapterError
+    from .errors import AdapterError
 
     path = Path(folder) / "tokenizer.model"
     if not path.is_file():

@@ -75,7 +75,7 @@ class QwenTikTokenizer(PreTrainedTokenizer):
 
 
 def load_qwen_tiktoken(folder: Path) -> QwenTikTokenizer:
-    from .base import AdapterError
+    from .errors import AdapterError
 
     path = Path(folder) / "qwen.tiktoken"
     if not path.is_file():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import inspect
 import logging
-import os
 import queue
 import threading
 import weakref
@@ -23,13 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
+from .decodeplan import LinearPlan
 from .fastdecode import LeanDecode
-from .prepack import heavy_tailed
+from .memory import model_bytes, trim_c_heap
+from .prepack import Packing
+from .rounding import heavy_tailed, within_rounding
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 8
-LEAN_DECODE = os.environ.get("HUB_LEAN_DECODE", "1") != "0"  # 0: every step through model(...)
 IDLE_EXIT_S = 2.0  # the loop's thread ends after this long without work; the next request restarts it
 _CLOSE = object()  # put in the queue by close(): end the thread once the batch is empty
 _RUNNING: "weakref.WeakSet[BatchedDecoder]" = weakref.WeakSet()
@@ -88,38 +89,43 @@ def rowwise_attention(model) -> None:
         model.set_attn_implementation(ROWWISE)
 
 
-def row_consistent_linears(model, max_batch: int, extra=()) -> dict:
-    """Make every Linear give each row of a batch exactly what it gives that row alone.
+def row_consistent_linears(model, max_batch: int, extra=(), packing: Packing | None = None) -> dict:
+    """Make every Linear give each row of a batch exactly what it gives that row alone; returns the plan of
+    each Linear ({Linear: LinearPlan}), which the lean step (demo.fastdecode) reads.
 
     BLAS kernels pick their kernel by the number of rows, so a batch can round differently from 1 row
     (here: bf16 down_proj, 1536 inputs). Each distinct Linear shape is probed once; where a batch
     disagrees, the layer runs in chunks of the largest row count that agrees (prefill and a single stream
-    never split). Returns {(in, out): chunk} for the layers that were split.
+    never split).
 
     Such a layer is also probed for whether, from two rows on, a row gets the same bits in any batch
-    (`_hub_paired`; here oneDNN's multi-row kernel does). The lean step (demo.fastdecode) then runs it
-    whole, a single row as two, through `_hub_whole`: batch-invariant, but not the one-row kernel's bits.
+    (`paired`; here oneDNN's multi-row kernels do). The lean step then runs it whole, a single row as
+    two (`whole`): batch-invariant, but not the one-row kernel's bits.
     """
     groups: dict = {}
-    for module in [*model.modules(), *extra]:
-        if type(module) is torch.nn.Linear and not hasattr(module, "_hub_rows"):
+    for module in dict.fromkeys([*model.modules(), *extra]):
+        if type(module) is torch.nn.Linear:
             # one kernel, one probe: a packed q_proj runs the fused q/k/v matrix (demo.prepack), so the
             # packed shape is part of the key, and o_proj (the same in/out as q_proj) gets its own probe
-            packed = getattr(getattr(module, "_hub_packed", None), "shape", None)
-            key = (module.in_features, module.out_features, module.weight.dtype, packed)
+            group = packing.group_of(module) if packing is not None else None
+            key = (module.in_features, module.out_features, module.weight.dtype, group.shape if group else None)
             groups.setdefault(key, []).append(module)
-    split = {}
-    for (n_in, n_out, _, _), modules in groups.items():
+    plans = {}
+    for modules in groups.values():
         chunk = _agreeing_rows(modules[0], max_batch)
         paired = chunk < max_batch and _rows_agree_from_two(modules[0], max_batch)
         for module in modules:
-            module._hub_rows, module._hub_paired = chunk, paired
+            whole = None
             if chunk < max_batch:
-                module._hub_whole = module.forward
+                whole = module.forward
                 module.forward = _in_chunks(module.forward, chunk)
-        if chunk < max_batch:
-            split[(n_in, n_out)] = chunk
-    return split
+            plans[module] = LinearPlan(chunk, paired, whole)
+    return plans
+
+
+def split_shapes(plans: dict, max_batch: int) -> dict:
+    """{(in, out): rows} of the Linears that run in chunks of fewer rows than the loop's batch."""
+    return {(m.in_features, m.out_features): p.rows for m, p in plans.items() if p.rows < max_batch}
 
 
 @torch.inference_mode()
@@ -147,13 +153,12 @@ def _rows_agree_from_two(linear: torch.nn.Linear, max_batch: int, trials: int = 
     """Whether every row of a 2..max_batch-row call gets the bits it gets in a 2-row call beside another
     row (a kernel for two rows or more that computes each row on its own), and values within rounding of
     the one-row kernel's."""
-    from .fastdecode import within_rounding
-
     for x in _probe_batches(linear, max_batch, trials, seed=1):
         paired = torch.cat([linear.forward(x[[i, (i + 1) % max_batch]])[:1] for i in range(max_batch)])
         if any(not torch.equal(linear.forward(x[:rows]), paired[:rows]) for rows in range(2, max_batch + 1)):
             return False
-        if not within_rounding(paired, torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)])):
+        if not within_rounding(paired, torch.cat([linear.forward(x[i:i + 1]) for i in range(max_batch)]),
+                               terms=linear.in_features):
             return False
     return True
 
@@ -190,17 +195,25 @@ class _Slot:
 class BatchedDecoder:
     """The decode loop of one model; `submit` is thread-safe, everything else runs on the loop's thread."""
 
-    def __init__(self, model, max_batch: int = MAX_BATCH):
-        self.model, self.max_batch = model, max_batch
+    def __init__(self, model, max_batch: int = MAX_BATCH, lean: bool = True, prepack: bool = True,
+                 exact: bool = False, exact_packing: bool = True, prefill_model=None):
+        """`lean`, `prepack` and `exact` as the decode plan says (demo.decodeplan); `exact_packing`: pack only
+        where the packed products are bitwise F.linear's (else within rounding, for a float32 plan);
+        `prefill_model`: a copy of the model in another dtype that prefills (float32 on a CPU without bf16
+        kernels), whose cache is then held in the decode model's dtype."""
+        self.model, self.max_batch, self.prefill_model = model, max_batch, prefill_model
         rowwise_attention(model)
-        lean = LeanDecode.fuse(model) if LEAN_DECODE else None
-        self.packed = lean.prepack() if lean is not None else 0
+        step = LeanDecode.fuse(model, exact) if lean else None
+        self.packing = Packing(exact_packing)
+        if step is not None and prepack:
+            step.prepack(self.packing)
         if self.packed:
-            from .manager import trim_c_heap
-
             trim_c_heap()  # the plain weights just freed go back to the system
-        self.split_linears = row_consistent_linears(model, max_batch, lean.linears() if lean else ())
-        self.lean = lean if lean is not None and lean.checked() else None
+        self.linears = row_consistent_linears(model, max_batch, step.linears() if step else (), self.packing)
+        self.split_linears = split_shapes(self.linears, max_batch)
+        if step is not None:
+            step.linear_plans = self.linears
+        self.lean = step if step is not None and step.checked() else None
         self.pending: queue.Queue = queue.Queue()
         self.active: list[_Slot] = []
         self.cache = None
@@ -208,6 +221,23 @@ class BatchedDecoder:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._exiting = False
+
+    @property
+    def packed(self) -> int:
+        return len(self.packing)
+
+    def extra_bytes(self) -> int:
+        """Memory the loop holds beside the model's own tensors: the prefill copy's weights."""
+        return model_bytes(self.prefill_model) if self.prefill_model is not None else 0
+
+    def restore_stock(self) -> None:
+        """Stock Linears again (plain weights, their own forward), for PEFT: call once the loop is closed."""
+        self.packing.unpack()
+        self.prefill_model = None  # generate() prefills with the model itself
+        for module, plan in self.linears.items():
+            if plan.whole is not None:
+                module.__dict__.pop("forward", None)
+        self.linears, self.lean = {}, None
 
     def submit(self, request) -> None:
         self.pending.put(request)
@@ -279,8 +309,12 @@ class BatchedDecoder:
         request.admitted()
         ids = torch.tensor([request.input_ids], device=self._device())
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = (self.prefill_model or self.model)(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if self.prefill_model is not None:  # keys and values in the decode dtype, as the decode steps add them
+            dtype = self.model.get_input_embeddings().weight.dtype
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.to(dtype), layer.values.to(dtype)
         slot = _Slot(request, ids, *sampling_of(request.params, self._device()), position=ids.shape[1])
         # The first token before the row joins: a request whose sampling fails never touches the batch.
         self._take(slot, out.logits[:, -1, :])

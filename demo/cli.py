@@ -320,9 +320,13 @@ def load_model(entry: ModelEntry, registry: Registry | None = None):
 def cmd_list(args) -> int:
     from .manager import ModelManager
 
+    from .decodeplan import cpu_isa
+
     manager = ModelManager(registry_of(args))
+    isa = cpu_isa()
     rows = [dict(id=s.id, name=s.name, status=s.status, detail=s.detail,
                  family=manager.registry.family(s.id), engine=s.engine, decode_plan=s.decode_plan,
+                 decode=decode_of(manager.registry.get(s.id), isa),
                  memory_bytes=s.memory_bytes, shares_weights_of=manager.registry.get(s.id).base)
             for s in manager.states()]
     if args.json:
@@ -332,6 +336,15 @@ def cmd_list(args) -> int:
             print(f"{row['id']:<24} {row['status']:<12} {row['engine']:<13} {row['name']}"
                   + (f"  ({row['detail']})" if row["detail"] else ""))
     return 0
+
+
+def decode_of(entry, isa: str) -> dict | None:
+    """A local entry's decode settings (registry and HUB_* variables) and the CPU its plan is chosen for."""
+    if entry.remote or entry.decode is None:
+        return None
+    from .decodeplan import with_environment
+
+    return {**with_environment(entry.decode).model_dump(), "isa": isa}
 
 
 def cmd_prompt(args) -> int:
@@ -524,6 +537,9 @@ def print_board(board, path) -> None:
 def cmd_bench(args) -> int:
     import signal
 
+    from bench.report import markdown, write  # the bench is a package of its own, beside demo/
+    from bench.run import BenchConfig, run_bench
+
     # SIGTERM unwinds like Ctrl-C, so the `finally` of each server the bench started stops that server
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.model is None:
@@ -533,9 +549,6 @@ def cmd_bench(args) -> int:
         args.model = registry.default_id
     if args.batch_job:
         return cmd_bench_batch_job(args)
-    from .bench import BenchConfig, run_bench
-    from .bench_report import markdown, write
-
     try:
         clients = tuple(sorted({int(c) for c in args.clients.split(",") if c.strip()}))
     except ValueError:
@@ -554,7 +567,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_bench_batch_job(args) -> int:
-    from .batchbench import markdown, run_batch_bench
+    from bench.batchjob import markdown, run_batch_bench
 
     if args.new_tokens < 1 or args.repeats < 1 or (args.concurrency or 1) < 1:
         raise CliError("--new-tokens, --repeats and --concurrency must be positive")

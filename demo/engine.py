@@ -14,7 +14,6 @@ reads it every step, and for `generate` a StoppingCriteria reads it.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -29,17 +28,12 @@ from adapters.base import AdapterError, ContextTooLong
 
 from .limits import (CONTEXT_TOO_LONG, INVALID, SHUTDOWN, SHUTDOWN_MESSAGE, SHUTTING_DOWN, TIMEOUT, LimitError,
                      capped, check_messages, check_params)
-from .batching import BatchedDecoder, can_batch
-from .loader import LoadedModel
-from .threads import on_own_thread
+from .loaded import LoadedModel
 from .params import GenerationParams
 from .stream import CancelToken, Chunk, GenerationError, Prompt, Stats
 from .textstream import IncrementalDecoder, StopStringFilter
 
 POLL_S = 0.25  # how often a waiting consumer checks on the worker thread
-# The batched decode loop is on by default; HUB_BATCHED_DECODE=0 falls back to generate() everywhere.
-BATCHED_DECODE = os.environ.get("HUB_BATCHED_DECODE", "1") != "0"
-_batcher_lock = threading.Lock()
 
 
 class _CancelCriteria(StoppingCriteria):
@@ -178,8 +172,9 @@ def stream_transformers(loaded: LoadedModel, prompt: Prompt, params: GenerationP
     input_ids, stop_ids, stop_strings = prompt.input_ids, prompt.stop_ids, prompt.stop_strings
     stats = Stats(prompt_tokens=len(input_ids))
     queued = time.perf_counter()
-    # logits processors (a grammar) run in generate(); the batched loop has no hook for them
-    batcher = None if prompt.logits_processors else batcher_for(loaded)
+    # the model's batched decode loop, when its decode plan (demo/decodeplan.py) has one; logits processors
+    # (a grammar) run in generate(), as the loop has no hook for them
+    batcher = None if prompt.logits_processors else loaded.decoder
     if batcher is not None:  # no lock: the loop serves every request of this model together
         yield from stream_tokens(loaded, prompt, params, cancel, batcher, stall_timeout_s, timeout_s)
         return
@@ -202,21 +197,6 @@ def complete(loaded: LoadedModel, messages: Sequence[dict], params: GenerationPa
     for last in stream_chat(loaded, messages, params, **options):
         pass
     return last
-
-
-def batcher_for(loaded: LoadedModel) -> BatchedDecoder | None:
-    """The model's batched decode loop, created on first use; None where generate() must serve."""
-    if not BATCHED_DECODE or loaded.model is None:
-        return None
-    # Batched rows are checked equal to single-row decoding for plain Linear layers only (a GGUF is
-    # dequantized to them); GPTQ/AWQ/bitsandbytes kernels keep generate() and the per-model lock.
-    if loaded.quant_format not in ("none", "gguf"):
-        return None
-    with _batcher_lock:
-        if loaded.batcher is None:
-            # the constructor probes every Linear: torch work, so on a thread of its own (demo.threads)
-            loaded.batcher = on_own_thread(BatchedDecoder, loaded.model) if can_batch(loaded.model) else False
-    return loaded.batcher or None
 
 
 def _acquire(lock: threading.Lock, cancel: CancelToken) -> bool:

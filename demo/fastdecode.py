@@ -14,53 +14,54 @@ to oneDNN's packed layout (demo.prepack), again only where the products stay bit
 Two parts are not bitwise `model(...)` by default: attention with folded query heads (see `_sdpa`), and
 a Linear whose one-row kernel rounds otherwise than its multi-row kernel run as at least two rows (see
 `_project`). Each gives a row exactly what it gets alone, in any batch, and stock values to within
-rounding. `HUB_EXACT_DECODE=1` turns both off, and replies are then bitwise those of `generate`.
+rounding. An exact decode plan (demo/decodeplan.py) turns both off, and replies are then bitwise those of
+`generate`.
 """
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import rotate_half  # the same function in every family here
 
+from .rounding import within_rounding
+
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("llama", "qwen2")  # decoder layers of exactly the shape this step computes
-EXACT = os.environ.get("HUB_EXACT_DECODE", "0") == "1"  # 1: every step bitwise as generate() computes it
 PROBE_LENGTHS = [*range(1, 65), 100, 129, 257, 513, 1025]
 
 
 class LeanDecode:
-    def __init__(self, model, layers: list[dict]):
-        self.model, self.layers = model, layers
+    def __init__(self, model, layers: list[dict], exact: bool = False):
+        self.model, self.layers, self.exact = model, layers, exact  # exact: every step bitwise forward()'s
         self.inner = model.model
+        self.linear_plans = {}  # Linear -> LinearPlan (demo.decodeplan), from the loop's row probe
         self.group_rows = True  # rows of one length share one attention call (see _rowwise_sdpa)
         self.fold_heads = False  # query heads of one key/value head attend as one (see _sdpa); set by checked()
         self.pair_rows = False  # Linears with a row-by-row one-row kernel run whole (see _project); set by checked()
 
     # -- building and checking -------------------------------------------------------------------
     @classmethod
-    def fuse(cls, model) -> "LeanDecode | None":
+    def fuse(cls, model, exact: bool = False) -> "LeanDecode | None":
         """The lean step for `model` (not yet checked), or None where the model's shape rules it out."""
-        return cls(model, [_fuse(layer) for layer in model.model.layers]) if _eligible(model) else None
+        return cls(model, [_fuse(layer) for layer in model.model.layers], exact) if _eligible(model) else None
 
-    def prepack(self) -> int:
-        """Pack every projection of the step for oneDNN (demo.prepack); returns how many were packed.
+    def prepack(self, packing) -> int:
+        """Pack every projection of the step for oneDNN into `packing` (a demo.prepack.Packing); returns
+        how many were packed.
 
         Packing happens before the row-consistency probe and the check, so both see the packed products.
         A tied output head stays plain: packing it would hold the embedding a second time."""
-        from .prepack import pack
-
-        groups = []
+        pack, groups = packing.pack, []
         for fused, layer in zip(self.layers, self.inner.layers):
             a, mlp = layer.self_attn, layer.mlp
             groups += [pack([a.q_proj, a.k_proj, a.v_proj], fused["qkv"]), pack([a.o_proj]),
                        pack([mlp.gate_proj, mlp.up_proj], fused["gate_up"]), pack([mlp.down_proj])]
         head = self.model.lm_head
-        if head.weight.data_ptr() != self.inner.embed_tokens.weight.data_ptr():
-            groups.append(pack([head]))
+        if head.weight.data_ptr() != self.inner.embed_tokens.weight.data_ptr() or not packing.exact:
+            groups.append(pack([head]))  # a float32 plan packs a tied head too: a row's logits cost half
         return sum(g is not None for g in groups)
 
     def linears(self) -> list[torch.nn.Linear]:
@@ -73,14 +74,14 @@ class LeanDecode:
         Rows of one length share an attention call only where `rows_attend_alone_in_a_group` finds that
         exact; the check's two-row batches (of one length) then test that too, and should they differ,
         the step runs every row's attention alone, as forward() does, and is checked again. The check
-        runs with unfolded heads and row-by-row Linears, as forward() computes; unless HUB_EXACT_DECODE=1,
+        runs with unfolded heads and row-by-row Linears, as forward() computes; unless the plan is exact,
         those two are then turned on, folding only where `heads_fold_soundly` finds it sound."""
         before = self.group_rows, self.fold_heads, self.pair_rows
         try:
             for self.group_rows in ((True, False) if self.rows_attend_alone_in_a_group() else (False,)):
                 if self.matches_forward():
-                    self.fold_heads = not EXACT and self.heads_fold_soundly()
-                    self.pair_rows = not EXACT
+                    self.fold_heads = not self.exact and self.heads_fold_soundly(self.group_rows)
+                    self.pair_rows = not self.exact
                     return True
             log.info("lean decode differs from forward() for %s; keeping forward()", type(self.model).__name__)
         except Exception:
@@ -114,10 +115,11 @@ class LeanDecode:
         return True
 
     @torch.inference_mode()
-    def heads_fold_soundly(self) -> bool:
+    def heads_fold_soundly(self, grouped: bool = True) -> bool:
         """Whether attention with folded heads (`_sdpa`) is, on this model's shapes and dtype, (1) the same
         bits for a row in a batch as alone, and (2) stock attention's values to within rounding. Here bf16
-        passes, differing from stock in about 3 of 100,000 outputs by one bf16 step; fp32 fails (1). A
+        passes, differing from stock in about 3 of 100,000 outputs by one bf16 step; fp32 fails (1). Rows
+        that attend alone (not `grouped`) need only (2): each row's call is then the one it gets alone. A
         model without grouped key/value heads has nothing to fold."""
         attention = self.layers[0]["attention"]
         if attention.num_key_value_groups == 1:
@@ -128,9 +130,11 @@ class LeanDecode:
                 q, keys, values = self._probe_inputs(rows, length, generator)
                 alone = torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1], values[b:b + 1], fold=True)
                                    for b in range(rows)])
-                if not torch.equal(_sdpa(attention, q, keys, values, fold=True), alone):
+                if grouped and not torch.equal(_sdpa(attention, q, keys, values, fold=True), alone):
                     return False
-                if not within_rounding(alone, _sdpa(attention, q, keys, values)):
+                stock = (_sdpa(attention, q, keys, values) if grouped else
+                         torch.cat([_sdpa(attention, q[b:b + 1], keys[b:b + 1], values[b:b + 1]) for b in range(rows)]))
+                if not within_rounding(alone, stock, terms=q.shape[-1] + length):
                     return False
         return True
 
@@ -179,7 +183,7 @@ class LeanDecode:
         for fused, cache_layer in zip(self.layers, cache.layers):
             hidden = self._layer(hidden, fused, cache_layer, cos, sin, row_lengths)
         hidden = _norm(self.inner.norm, hidden)
-        return self.model.lm_head(hidden[:, -1:, :])[:, -1, :]
+        return self._project(self.model.lm_head, hidden[:, -1:, :])[:, -1, :]
 
     def _layer(self, hidden, fused, cache_layer, cos, sin, row_lengths):
         attention, rows, head_dim = fused["attention"], hidden.shape[0], fused["head_dim"]
@@ -204,10 +208,10 @@ class LeanDecode:
         multi-row one, demo.batching) runs whole instead where a row's bits do not depend on the others
         from two rows on, and a single row runs as two: 4 rows of the default model's down_proj take 32 us
         instead of 181, and one row the same 32 us as before."""
-        whole = getattr(linear, "_hub_whole", None)
-        if whole is None or not self.pair_rows or not linear._hub_paired:
+        plan = self.linear_plans.get(linear)
+        if plan is None or plan.whole is None or not self.pair_rows or not plan.paired:
             return linear.forward(x)
-        return whole(x) if x.shape[0] > 1 else whole(torch.cat([x, x]))[:1]
+        return plan.whole(x) if x.shape[0] > 1 else plan.whole(torch.cat([x, x]))[:1]
 
 
 def _rowwise_sdpa(attention, q, keys, values, row_lengths, group_rows=True, fold=False):
@@ -257,14 +261,6 @@ def _sdpa(attention, q, keys, values, fold=False):
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None, dropout_p=0.0, scale=attention.scaling,
                                          is_causal=False, **({"enable_gqa": True} if groups > 1 else {}))
     return out.transpose(1, 2).contiguous()
-
-
-def within_rounding(got: torch.Tensor, expected: torch.Tensor, steps: int = 2) -> bool:
-    """Whether `got` is `expected` up to a few rounding steps of their dtype, relative to each element or,
-    for elements near zero (where sums cancel), to the largest element of the tensor."""
-    eps = torch.finfo(expected.dtype).eps
-    got, expected = got.float(), expected.float()
-    return torch.allclose(got, expected, rtol=steps * eps, atol=steps * eps * float(expected.abs().amax()))
 
 
 # -- the model's pieces -----------------------------------------------------------------------------

@@ -2,86 +2,24 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from adapters import ChatAdapter, detect_family, get_adapter
-from adapters.quant import NONE_SPEC, QuantSpec, held_bits
+from adapters.quant import held_bits
 from adapters.weights import Weights, resolve, with_quantization
 
-from .limits import Gate
+from .backends.transformers import on_transformers
+from .decoding import prepare
+from .loaded import LoadedModel
+from .memory import model_bytes  # noqa: F401  (re-exported: where callers have long found it)
 from .params import GenerationParams, from_generation_config
-from .registry import GenerationDefaults, Limits, ModelEntry, Source
+from .registry import GenerationDefaults, ModelEntry, Source
 from .threads import on_own_thread
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class LoadedModel:
-    id: str
-    model: object
-    tokenizer: object
-    adapter: ChatAdapter
-    defaults: GenerationParams
-    context_length: int | None
-    extra_stop_ids: list[int] = field(default_factory=list)
-    load_seconds: float = 0.0
-    quant: QuantSpec = NONE_SPEC  # format on disk and in memory (adapters/quant.py)
-    bits: int | None = None  # bits per weight of the (quantized) linear layers in memory
-    base_id: str | None = None  # a LoRA/PEFT entry or a preset: the entry whose weights it shares
-    preset: bool = False  # a preset: the base's model itself, with other defaults and system prompt
-    system_prompt: str | None = None  # the registry's, for conversations that bring no system message
-    # One generation at a time per model unless an engine batches them.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # The hub's limits and admission for this model (the manager sets them from the registry).
-    limits: Limits = field(default_factory=Limits, repr=False)
-    gate: Gate = field(default_factory=Gate, repr=False)
-    remote = False  # a RemoteModel (demo/remote.py) streams from an OpenAI-compatible server instead
-    # The batched decode loop (demo/batching.py); None: not decided yet, False: generate() serves.
-    batcher: object = field(default=None, repr=False)
-    # The engine serving this model (demo.stream.Backend); None: transformers on `model`, in this process.
-    engine_backend: object = field(default=None, repr=False)
-
-    @property
-    def backend(self):
-        if self.engine_backend is not None:
-            return self.engine_backend
-        from .backends.transformers import TransformersBackend
-
-        return TransformersBackend(self)  # a view, made per call, so it keeps no cycle alive
-
-    @property
-    def engine(self) -> str:
-        return self.backend.name
-
-    @property
-    def decode_plan(self) -> str:
-        return self.backend.decode_plan
-
-    @property
-    def memory_bytes(self) -> int:
-        if self.preset:  # the base counts the weights
-            return 0
-        return self.backend.memory_bytes()
-
-    @property
-    def quant_format(self) -> str:
-        """none | gptq | awq | bnb-4bit | bnb-8bit | gguf: what the Models tab shows as the format."""
-        return self.quant.method
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
-
-def model_bytes(model) -> int:
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
-    return sum(t.nbytes for t in tensors.values())
 
 
 def pick_device(choice: str) -> str:
@@ -166,29 +104,32 @@ def _load_entry(entry: ModelEntry, base: LoadedModel | None) -> LoadedModel:
     if choose_engine(entry) == LLAMA_CPP:
         from .backends.llamacpp import load_gguf
 
-        return load_gguf(entry, weights, adapter, started)
+        return load_gguf(entry, weights, adapter, started, merged_defaults(adapter, None, entry.generation),
+                         entry.context_length or folder_context(adapter, weights))
     device = pick_device(entry.device)
     dtype = pick_dtype(entry.dtype, device, declared_dtype(weights))
     tokenizer = adapter.load_tokenizer(weights)
     model = adapter.load_model(weights, dtype, device)
     config = getattr(model, "generation_config", None)
-    return LoadedModel(
+    bits = held_bits(weights.quant, model.dtype)  # as loaded: a float32 decode plan does not change the format
+    plan, decoder = prepare(model, weights.quant.method, entry.decode)
+    return on_transformers(LoadedModel(
         id=entry.id, model=model, tokenizer=tokenizer, adapter=adapter,
         defaults=merged_defaults(adapter, config, entry.generation),
         context_length=entry.context_length or folder_context(adapter, weights) or context_of(model),
         extra_stop_ids=eos_ids(config), load_seconds=time.perf_counter() - started,
-        quant=weights.quant, bits=held_bits(weights.quant, model.dtype), system_prompt=entry.system_prompt)
+        quant=weights.quant, bits=bits, plan=plan, decoder=decoder, system_prompt=entry.system_prompt))
 
 
 def preset_of(entry: ModelEntry, base: LoadedModel) -> LoadedModel:
-    """A preset: `base`'s model, tokenizer, lock and decode loop as they are, with the entry's own id,
+    """A preset: `base`'s model, tokenizer, lock, engine and decode loop as they are, with the entry's own id,
     generation defaults (over the base's) and system prompt (else the base's). Adds no weights."""
     return LoadedModel(
         id=entry.id, model=base.model, tokenizer=base.tokenizer, adapter=base.adapter,
         defaults=base.defaults.override(entry.generation.model_dump()),
         context_length=entry.context_length or base.context_length, extra_stop_ids=base.extra_stop_ids,
-        quant=base.quant, bits=base.bits, base_id=base.id, lock=base.lock, batcher=base.batcher, preset=True,
-        engine_backend=base.engine_backend,
+        quant=base.quant, bits=base.bits, base_id=base.id, lock=base.lock, plan=base.plan, decoder=base.decoder,
+        preset=True, engine_backend=base.engine_backend,
         system_prompt=entry.system_prompt if entry.system_prompt is not None else base.system_prompt)
 
 

@@ -7,10 +7,12 @@ before it generates. Both entries share one lock, so the switch and the generati
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from .loader import LoadedModel, model_bytes
-from .prepack import unpack
+from .backends.transformers import on_transformers
+from .loaded import LoadedModel
+from .memory import model_bytes
 from .registry import ModelEntry
 
 
@@ -66,17 +68,19 @@ def attach_adapter(entry: ModelEntry, base: LoadedModel) -> LoadedModel:
     name = adapter_name(entry.id)
     # The base's batched loop does not take base.lock: retire it (its batch finishes first), so the base
     # and its adapters all generate through generate() under the one lock they share.
-    loop, base.batcher = base.batcher, False
-    if loop:
+    loop, base.decoder = base.decoder, None
+    if loop is not None:
         loop.close(wait_s=600)
+        base.plan = replace(base.plan, loop=False, reason="shares its weights with a LoRA entry")
     with base.lock:  # the base may be generating; injecting changes its layers
-        unpack(shared.model)  # PEFT wraps stock Linears, so the loop's packed weights go back to plain
+        if loop is not None:
+            loop.restore_stock()  # PEFT wraps stock Linears, so the loop's packed weights go back to plain
         if name not in (getattr(shared.model, "peft_config", None) or {}):
             shared.model.load_adapter(str(folder), adapter_name=name)
         base.model = shared  # from now on the base generates with adapters off
-    return LoadedModel(
+    return on_transformers(LoadedModel(
         id=entry.id, model=AdapterView(shared.model, name), tokenizer=base.tokenizer, adapter=base.adapter,
         defaults=base.defaults.override(entry.generation.model_dump()),  # the base's, then the entry's
         context_length=entry.context_length or base.context_length, extra_stop_ids=base.extra_stop_ids,
         load_seconds=time.perf_counter() - started, quant=base.quant, bits=base.bits, base_id=base.id,
-        lock=base.lock)
+        lock=base.lock, plan=base.plan))

@@ -1,8 +1,6 @@
 """The model manager: load on first use, one shared load per model, LRU eviction under a memory budget."""
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import logging
 import threading
@@ -16,7 +14,9 @@ from typing import Callable
 from adapters.weights import availability
 
 from .limits import REMOTE_CONCURRENCY, Gate
-from .loader import LoadedModel, load_entry
+from .loaded import LoadedModel
+from .loader import load_entry
+from .memory import free_memory
 from .registry import ModelEntry, Registry
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,6 @@ class ModelManager:
             base = self.get(entry.base) if entry.base else None
             with _LOAD_LOCK:
                 loaded = self.loader(entry, base) if base is not None else self.loader(entry)
-                prepare_decoding(loaded)
         except Exception as e:  # any failure stays with this model
             message = f"{type(e).__name__}: {e}"
             log.warning("loading %s failed: %s", entry.id, message)
@@ -235,37 +234,3 @@ def release(models: list[LoadedModel]) -> None:
         if loaded.preset:  # the decode loop is its base's
             continue
         loaded.backend.unload()
-
-
-def free_memory() -> None:
-    """Give freed tensors' memory back: collect cycles, empty the CUDA cache, trim the C heap.
-
-    Without the trim, glibc keeps the freed weights of an evicted CPU model in its arenas (its mmap
-    threshold grows as large blocks are freed), so the process would not shrink.
-    """
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    trim_c_heap()
-
-
-def trim_c_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
-def prepare_decoding(loaded: LoadedModel) -> None:
-    """Build the model's batched decode loop now, as part of the load, so that its one-time probes
-    (about a second on the default model) do not delay the first reply. A failure here only means
-    the model is served through generate()."""
-    from .engine import batcher_for
-
-    try:
-        batcher_for(loaded)
-    except Exception:
-        log.exception("preparing the batched decode loop of %s failed; generate() will serve it", loaded.id)
-        loaded.batcher = False

@@ -41,6 +41,8 @@ class Metrics:
                 counts.setdefault(model, {})[outcome] = n
             recent = list(self.recent)
         gates = {m.id: {"in_flight": m.gate.in_flight, "rejected_busy": m.gate.rejected, "engine": m.engine,
-                        "decode_plan": m.decode_plan} for m in manager.loaded_models()}
+                        "decode_plan": m.decode_plan,
+                        "decode": m.plan.as_dict() if getattr(m, "plan", None) else None}
+                 for m in manager.loaded_models()}
         return {"rss_bytes": psutil.Process().memory_info().rss, "counts": counts, "models": gates,
                 "recent": recent}

@@ -13,31 +13,30 @@ differ from `F.linear` at a few rows, so on such a CPU nothing is packed.
 q/k/v (and gate/up) share one fused packed matrix. forward() calls them one after another on the same
 input, so the first call computes the fused product and the next ones take their slice of it.
 
-`unpack` gives a model its plain weights back (exactly: the reorder is a permutation), for the few
-places that need stock modules: injecting a LoRA adapter, saving a checkpoint. `HUB_PREPACK=0` turns
-packing off.
+`Packing.unpack` gives the model its plain weights back (exactly: the reorder is a permutation), for
+the few places that need stock modules: injecting a LoRA adapter. The decode plan (demo/decodeplan.py)
+says whether to pack (`decode: {prepack: false}`, `HUB_PREPACK=0`).
+
+A float32 plan that is not exact (on a CPU without bf16 kernels, demo/decodeplan.py) also packs float32
+weights, whose packed products differ from `F.linear` by rounding: there a layer is packed when its
+products are within two rounding steps of `F.linear`'s (`exact=False`).
 """
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
 
+from .rounding import heavy_tailed, within_rounding
+
 log = logging.getLogger(__name__)
 
-ENABLED = os.environ.get("HUB_PREPACK", "1") != "0"
 _ROWS_CHECKED = (1, 2, 3, 4, 8, 64)  # a single stream, batches, a prefill
 
 
-def heavy_tailed(shape: tuple, generator: torch.Generator) -> torch.Tensor:
-    """Random inputs over a wide range of magnitudes: any change in summation order shows in the rounding."""
-    return torch.randn(shape, generator=generator) * torch.exp(3 * torch.randn(shape, generator=generator))
-
-
 def available(weight: torch.Tensor) -> bool:
-    return (ENABLED and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float32)
+    return (weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float32)
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
@@ -88,14 +87,16 @@ class PackedGroup:
             return last[1][..., start:end]
         return forward
 
-    def exact(self, weight: torch.Tensor) -> bool:
-        """Whether the packed product is F.linear's bit for bit, and unpacks to the same weight."""
+    def matches(self, weight: torch.Tensor, exact: bool = True) -> bool:
+        """Whether the packed product is F.linear's bit for bit (or, not `exact`, within rounding of it), and
+        unpacks to the same weight."""
         generator = torch.Generator().manual_seed(0)
         n_in = weight.shape[1]
         for rows in _ROWS_CHECKED:
             shape = (rows, 1, n_in) if rows <= 8 else (1, rows, n_in)
             x = heavy_tailed(shape, generator).to(weight.dtype)
-            if not torch.equal(self(x), F.linear(x, weight, self.bias)):
+            got, want = self(x), F.linear(x, weight, self.bias)
+            if not (torch.equal(got, want) if exact else within_rounding(got, want, terms=n_in)):
                 return False
         return torch.equal(_dense(self.packed), weight)
 
@@ -106,7 +107,6 @@ class PackedGroup:
         """Route the modules through the packed matrix and free their plain weights."""
         for module in self.modules():
             module.weight = torch.nn.Parameter(torch.empty_like(module.weight, device="meta"), requires_grad=False)
-            module._hub_packed = self
         for index, part in enumerate(self.parts):
             part.forward = self.part_forward(index)
         if self.whole is not None:
@@ -120,16 +120,44 @@ class PackedGroup:
         for part, (start, end) in zip(self.parts, self.bounds):
             part.weight = torch.nn.Parameter(weight[start:end], requires_grad=False)
         for module in self.modules():
-            module.__dict__.pop("forward", None)
-            module.__dict__.pop("_hub_rows", None)  # a row-chunked forward (demo.batching) goes too
-            del module._hub_packed
+            module.__dict__.pop("forward", None)  # a row-chunked forward (demo.batching) goes too
 
 
-def pack(parts: list[torch.nn.Linear], whole: torch.nn.Linear | None = None) -> PackedGroup | None:
-    """Pack `whole` (or the single part), whose rows are the parts' weights; None where not exact."""
+class Packing:
+    """The packed matrices of one model, and which Linear runs through which (the only record of it)."""
+
+    def __init__(self, exact: bool = True):
+        self.exact = exact
+        self.groups: list[PackedGroup] = []
+        self._of: dict[torch.nn.Linear, PackedGroup] = {}
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def group_of(self, linear: torch.nn.Linear) -> PackedGroup | None:
+        return self._of.get(linear)
+
+    def pack(self, parts: list[torch.nn.Linear], whole: torch.nn.Linear | None = None) -> PackedGroup | None:
+        if (whole if whole is not None else parts[0]) in self._of:
+            return None
+        group = pack(parts, whole, self.exact)
+        if group is not None:
+            self.groups.append(group)
+            self._of.update(dict.fromkeys(group.modules(), group))
+        return group
+
+    def unpack(self) -> None:
+        """Give every packed Linear (and the fused ones packed with them) its plain weight and forward back."""
+        for group in self.groups:
+            group.uninstall()
+        self.groups, self._of = [], {}
+
+
+def pack(parts: list[torch.nn.Linear], whole: torch.nn.Linear | None = None, exact: bool = True) -> PackedGroup | None:
+    """Pack `whole` (or the single part), whose rows are the parts' weights; None where it does not match."""
     source = whole if whole is not None else parts[0]
     weight = source.weight.detach()
-    if not available(weight) or hasattr(source, "_hub_packed"):
+    if not available(weight):
         return None
     bias = source.bias.detach() if source.bias is not None else None
     with torch.inference_mode(False), torch.no_grad():
@@ -139,18 +167,8 @@ def pack(parts: list[torch.nn.Linear], whole: torch.nn.Linear | None = None) -> 
             log.info("cannot pack a %s %s weight here (%s); keeping it plain", weight.dtype, tuple(weight.shape),
                      str(error).splitlines()[0])
             return None
-        if not group.exact(weight):
+        if not group.matches(weight, exact):
             log.info("packed %s product differs from F.linear; keeping it plain", tuple(weight.shape))
             return None
     group.install()
     return group
-
-
-def packed_groups(model) -> list[PackedGroup]:
-    return list({id(g): g for m in model.modules() if (g := getattr(m, "_hub_packed", None))}.values())
-
-
-def unpack(model) -> None:
-    """Give every packed Linear of `model` (and the fused ones packed with them) its plain weight and forward back."""
-    for group in packed_groups(model):
-        group.uninstall()

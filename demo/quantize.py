@@ -119,11 +119,14 @@ def memory_report(full_precision: str | Path, quantized: str | Path,
     quantized format ("gptq 4-bit"). The benchmark calls this; the quantize command prints it.
     """
     from .loader import folder_entry, load_entry
+    from .registry import DecodeSettings
 
+    as_loaded = {"decode": DecodeSettings(batched=False, compute="model")}  # weights in the dtype asked for
     report = {}
     for dtype in dtypes:
-        report[dtype] = describe(load_entry(folder_entry(str(full_precision)).model_copy(update={"dtype": dtype})))
-    loaded = load_entry(folder_entry(str(quantized)))
+        report[dtype] = describe(load_entry(folder_entry(str(full_precision)).model_copy(update={**as_loaded,
+                                                                                               "dtype": dtype})))
+    loaded = load_entry(folder_entry(str(quantized)).model_copy(update=as_loaded))
     report[f"{loaded.quant_format} {loaded.bits}-bit"] = describe(loaded)
     return report
 

@@ -75,6 +75,18 @@ class Quantization(Strict):
         return self
 
 
+class DecodeSettings(Strict):
+    """How a local transformers model decodes (demo/decodeplan.py); `settings.decode` for every model, and a
+    model's own `decode:` for the keys it gives. The HUB_* variables of demo/decodeplan.py override both."""
+
+    batched: bool = Field(True, description="one decode loop per model serves every request (else generate())")
+    lean: bool = Field(True, description="Llama-shaped models decode through the checked lean step")
+    prepack: bool = Field(True, description="oneDNN-packed weights where the CPU has the kernels")
+    exact: bool = Field(False, description="every step bitwise what generate() computes with the model's dtype")
+    compute: Literal["auto", "model", "float32"] = Field(
+        "auto", description="auto: float32 on a CPU without fast bf16 kernels (AVX2), else the model's dtype")
+
+
 class ModelEntry(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str
@@ -88,6 +100,7 @@ class ModelEntry(Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     context_length: Optional[int] = Field(None, ge=16)
     generation: GenerationDefaults = GenerationDefaults()
+    decode: Optional[DecodeSettings] = Field(None, description="this model's decode keys over settings.decode")
     description: str = ""
     system_prompt: Optional[str] = Field(None, description="used when a conversation brings no system message")
     arena: bool = Field(True, description="false: the Arena never draws this entry (e.g. a base played by its "
@@ -196,6 +209,14 @@ def preset_key_error(key: str) -> str:
 class Settings(Strict):
     memory_budget_gb: float = Field(8.0, gt=0)
     default_model: Optional[str] = None
+    decode: DecodeSettings = DecodeSettings()
+
+
+def decode_settings(entry: ModelEntry, settings: Settings) -> DecodeSettings:
+    """The registry's decode settings with the keys the entry gives itself on top."""
+    if entry.decode is None:
+        return settings.decode
+    return settings.decode.model_copy(update=entry.decode.model_dump(exclude_unset=True))
 
 
 class Limits(Strict):
@@ -221,8 +242,8 @@ class Registry:
 
     def __init__(self, entries: list[ModelEntry], settings: Settings = Settings(), path: Path | None = None,
                  limits: Limits = Limits()):
-        self.entries = {e.id: e for e in entries}
         self.settings = settings
+        self.entries = {e.id: self._with_decode(e) for e in entries}
         self.limits = limits
         self.path = path
 
@@ -244,8 +265,14 @@ class Registry:
     def add(self, entry: ModelEntry) -> ModelEntry:
         if entry.id in self.entries:
             raise RegistryError(f"duplicate model id {entry.id!r}")
-        self.entries[entry.id] = entry
+        entry = self.entries[entry.id] = self._with_decode(entry)
         return entry
+
+    def _with_decode(self, entry: ModelEntry) -> ModelEntry:
+        """Each local entry carries its whole decode settings, so a loader needs nothing else."""
+        if entry.remote:
+            return entry
+        return entry.model_copy(update={"decode": decode_settings(entry, self.settings)})
 
     def quantized_variant(self, model_id: str, method: str) -> ModelEntry:
         """The entry `<id>-<method>`: `model_id` quantized at load with bitsandbytes (what the UI offers).

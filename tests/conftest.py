@@ -46,7 +46,6 @@ def plain_kernel(monkeypatch):
         calls.append(tuple(x.shape))
         return F.linear(x, packed, bias)
 
-    monkeypatch.setattr(prepack, "ENABLED", True)
     monkeypatch.setattr(prepack, "_reorder", lambda weight: weight.clone())
     monkeypatch.setattr(prepack, "_linear", linear)
     monkeypatch.setattr(prepack, "_dense", lambda packed: packed.clone())

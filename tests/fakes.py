@@ -7,7 +7,8 @@ import time
 import torch
 
 from adapters.base import ChatAdapter
-from demo.loader import LoadedModel
+from demo.backends.transformers import on_transformers
+from demo.loaded import LoadedModel
 from demo.params import GenerationParams
 
 EOS = 256
@@ -81,6 +82,6 @@ def scripted(text_or_ids, step_s: float = 0.0, crash_after: int | None = None,
     script = list(text_or_ids.encode("utf-8")) if isinstance(text_or_ids, str) else list(text_or_ids)
     adapter = EchoAdapter()
     adapter.stop_strings = tuple(stop_strings)
-    return LoadedModel(id="scripted", model=ScriptedModel(script, step_s, crash_after), tokenizer=ByteTokenizer(),
+    return on_transformers(LoadedModel(id="scripted", model=ScriptedModel(script, step_s, crash_after), tokenizer=ByteTokenizer(),
                        adapter=adapter, defaults=GenerationParams(max_new_tokens=max_new_tokens, greedy=True),
-                       context_length=None)
+                       context_length=None))

@@ -53,7 +53,7 @@ def max_rows_while(loaded, work) -> int:
 
     def watch():
         while not done.is_set():
-            batcher = loaded.batcher or None
+            batcher = loaded.decoder
             seen[0] = max(seen[0], len(batcher.active) if batcher else 0)
             time.sleep(0.005)
 
@@ -178,7 +178,7 @@ def test_a_remote_openai_entry_runs_the_same_job(hub_server, tmp_path):
 
 def test_bench_batch_job_measures_both_ways_on_the_same_engine(local):
     """`bench --batch-job` at a tiny size (the speed target is the bench's, not a test's)."""
-    from demo.batchbench import PROMPTS, markdown, run_batch_bench
+    from bench.batchjob import PROMPTS, markdown, run_batch_bench
 
     report = run_batch_bench(local, new_tokens=4, repeats=1, prompts=PROMPTS[:3], log=lambda text: None)
     run = report["runs"][0]

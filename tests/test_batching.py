@@ -1,5 +1,5 @@
 """The batched decode loop on the real default model: a reply is the same with or without other users, and
-in exact mode (HUB_EXACT_DECODE=1) exactly bare `generate`'s."""
+with an exact decode plan (`decode: {exact: true}`, HUB_EXACT_DECODE=1) exactly bare `generate`'s."""
 import threading
 import time
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from demo.batching import BatchedDecoder, can_batch
-from demo.engine import CancelToken, batcher_for, complete, stream_chat
-from tests.fakes import scripted
+from demo.engine import CancelToken, complete, stream_chat
 
 PROMPTS = ["What is the capital of France?", "List three colours.",
            "Write one sentence about the sea, then stop.", "Explain in detail how bread is made, step by step."]
@@ -37,7 +36,7 @@ def stock(smollm, registry):
     """The default model as stock transformers: a model of its own, as the hub's copy may be packed (demo.prepack)."""
     from dataclasses import replace
 
-    from demo.bench import bare_model
+    from bench.run import bare_model
     from tests.conftest import DEFAULT_ID
 
     return replace(smollm, model=bare_model(registry.get(DEFAULT_ID))[0])
@@ -52,17 +51,22 @@ def references(stock):
 @pytest.fixture(scope="module")
 def alone(smollm):
     """Greedy tokens of the hub for PROMPTS, one request at a time (default: folded heads, paired rows)."""
-    lean = batcher_for(smollm).lean
+    lean = smollm.decoder.lean
     assert lean.fold_heads and lean.pair_rows
     return [complete(smollm, chat(p), greedy(smollm)).output_ids for p in PROMPTS]
 
 
-@pytest.fixture
-def exact(smollm, monkeypatch):
-    """The loop as with HUB_EXACT_DECODE=1: every step bitwise as `generate` computes it."""
-    monkeypatch.setattr(batcher_for(smollm).lean, "fold_heads", False)
-    monkeypatch.setattr(batcher_for(smollm).lean, "pair_rows", False)
-    return smollm
+@pytest.fixture(scope="module")
+def exact(registry):
+    """The default model loaded with an exact decode plan: every step bitwise as `generate` computes it."""
+    from demo.loader import load_entry
+    from tests.conftest import DEFAULT_ID
+
+    entry = registry.get(DEFAULT_ID)
+    loaded = load_entry(entry.model_copy(update={"decode": entry.decode.model_copy(update={"exact": True})}))
+    assert loaded.plan.exact and not (loaded.plan.fold_heads or loaded.plan.pair_rows)
+    yield loaded
+    loaded.decoder.close(wait_s=5)
 
 
 def run_at_once(loaded, requests, delays=None):
@@ -82,11 +86,17 @@ def run_at_once(loaded, requests, delays=None):
 
 
 def test_the_default_model_is_served_by_the_batched_loop(smollm):
-    assert can_batch(smollm.model) and isinstance(batcher_for(smollm), BatchedDecoder)
+    assert can_batch(smollm.model) and isinstance(smollm.decoder, BatchedDecoder) and smollm.plan.loop
 
 
-def test_fakes_without_a_kv_cache_keep_the_generate_path():
-    assert batcher_for(scripted("abc")) is None
+def test_a_model_the_loop_cannot_batch_keeps_the_generate_path():
+    from demo.decoding import prepare
+    from tests.test_fastdecode import make_tiny_llama
+
+    model = make_tiny_llama()
+    model.set_attn_implementation("eager")  # the loop needs SDPA to attend row by row
+    plan, decoder = prepare(model, "none", None)
+    assert decoder is None and not plan.loop and "cannot be batched" in plan.reason
 
 
 def test_exact_the_loop_alone_gives_exactly_bare_generate(exact, references):
@@ -109,15 +119,17 @@ def test_exact_four_at_once_give_exactly_bare_generate(exact, references):
     assert four_at_once(exact) == references
 
 
-def test_rows_admitted_together_share_attention_calls_and_stay_exact(smollm, monkeypatch):
+def test_rows_admitted_together_share_attention_calls_and_stay_exact(exact, monkeypatch):
     """Two prompts of one length, admitted in one round: one attention call for both rows, each row what
-    it gets alone."""
+    it gets alone (in bf16, the exact plan's dtype: the CPU's fp32 kernel mixes rows, demo.fastdecode)."""
     import demo.fastdecode as fastdecode
+
+    smollm = exact
 
     pair = ["What is the capital of France?", "What is the capital of Spain?"]
     prompts = [smollm.adapter.build_prompt(smollm.tokenizer, chat(p), None, N, smollm.extra_stop_ids) for p in pair]
     assert len(prompts[0].input_ids) == len(prompts[1].input_ids)
-    decoder = batcher_for(smollm)
+    decoder = smollm.decoder
     assert decoder.lean is not None and decoder.lean.group_rows
     expected = [complete(smollm, chat(p), greedy(smollm)).output_ids for p in pair]
     first_prefill, real_sdpa, rows_per_call = decoder._prefill, fastdecode._sdpa, []
@@ -174,7 +186,7 @@ def test_per_request_sampling_next_to_a_greedy_row(smollm, alone):
 
 def test_a_failing_step_ends_those_replies_with_an_error_and_the_loop_goes_on(smollm):
     loaded = smollm
-    batcher = batcher_for(loaded)
+    batcher = loaded.decoder
     real_step = batcher._step
     calls = {"n": 0}
 
@@ -195,7 +207,7 @@ def test_a_failing_step_ends_those_replies_with_an_error_and_the_loop_goes_on(sm
 
 def test_close_ends_the_loop_thread(smollm):
     complete(smollm, chat(PROMPTS[0]), greedy(smollm, 2))
-    batcher = batcher_for(smollm)
+    batcher = smollm.decoder
     thread = batcher._thread
     assert thread is not None and thread.is_alive()
     batcher.close(wait_s=5)

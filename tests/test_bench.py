@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.bench_report import finite_numbers
+from bench.report import finite_numbers
 from tests.tiny import make_tiny_chat_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def test_bad_options_are_clear_errors(capsys):
 
 
 def test_series_keeps_the_median_run_of_each_client_count(monkeypatch):
-    from demo import bench_servers
+    from bench import servers as bench_servers
 
     rates = iter([10.0, 20.0, 30.0, 40.0, 25.0, 60.0])  # repeats interleave the counts: 1, 2, 1, 2, 1, 2
 
@@ -104,7 +104,7 @@ def test_series_keeps_the_median_run_of_each_client_count(monkeypatch):
 
 
 def test_clients_against_one_pair_runs_of_the_same_repeat():
-    from demo.bench import concurrency_ratios
+    from bench.run import concurrency_ratios
 
     # repeat 2 ran slow for both counts: paired, each repeat gives 3.0; the medians would give 60/25 = 2.4
     one = {"clients": 1, "aggregate_tok_s": 25.0, "aggregate_tok_s_samples": [20.0, 10.0, 25.0]}

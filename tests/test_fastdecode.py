@@ -3,7 +3,6 @@ folded attention heads: the same bits for a row in any batch, stock values to wi
 import torch
 
 import demo.fastdecode as fastdecode
-from demo.engine import batcher_for
 from demo.fastdecode import LeanDecode
 
 
@@ -16,22 +15,22 @@ def make_tiny_llama(seed=0):
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_lean(dtype=torch.float32) -> LeanDecode:
+def tiny_lean(dtype=torch.float32, exact=False) -> LeanDecode:
     """The lean step (not yet checked) of a tiny Llama with the loop's row-wise attention."""
     from demo.batching import rowwise_attention
 
     model = make_tiny_llama().to(dtype)
     rowwise_attention(model)
-    return LeanDecode.fuse(model)
+    return LeanDecode.fuse(model, exact)
 
 
 def test_the_default_model_decodes_through_the_checked_lean_step(smollm):
-    lean = batcher_for(smollm).lean
+    lean = smollm.decoder.lean
     assert lean is not None and lean.matches_forward(steps=4)
 
 
 def test_the_check_refuses_a_step_that_rounds_differently(smollm, monkeypatch):
-    lean = batcher_for(smollm).lean
+    lean = smollm.decoder.lean
 
     def norm_in_another_order(norm, hidden):  # the same formula, rounded once less
         x, weight, eps = hidden.to(torch.float32), norm.weight, norm.variance_epsilon
@@ -44,11 +43,12 @@ def test_the_check_refuses_a_step_that_rounds_differently(smollm, monkeypatch):
 
 
 def test_fused_projections_are_views_not_copies(smollm):
-    lean = batcher_for(smollm).lean
+    lean = smollm.decoder.lean
     layer, fused = smollm.model.model.layers[0], lean.layers[0]
-    if batcher_for(smollm).packed:  # this CPU packs for oneDNN: one packed matrix, every plain weight freed
+    packing = smollm.decoder.packing
+    if packing:  # this CPU packs for oneDNN: one packed matrix, every plain weight freed
         attention = layer.self_attn
-        assert attention.q_proj._hub_packed is attention.v_proj._hub_packed is fused["qkv"]._hub_packed
+        assert packing.group_of(attention.q_proj) is packing.group_of(attention.v_proj) is packing.group_of(fused["qkv"])
         assert all(m.weight.is_meta for m in (attention.q_proj, layer.mlp.up_proj, fused["qkv"], fused["gate_up"]))
         return
     qkv, gate_up = fused["qkv"].weight, fused["gate_up"].weight
@@ -99,22 +99,26 @@ def test_a_kernel_that_mixes_rows_makes_the_step_run_rows_alone(monkeypatch):
         return out * 1.01 if q.shape[0] > 1 else out
 
     monkeypatch.setattr(fastdecode, "_sdpa", batch_variant)
-    assert not lean.rows_attend_alone_in_a_group()
-    assert lean.checked() and lean.group_rows is False and lean.fold_heads is False
+    assert not lean.rows_attend_alone_in_a_group() and not lean.heads_fold_soundly(grouped=True)
+    # each row alone: folded and stock calls are both one row's, so folding is judged on those
+    assert lean.checked() and lean.group_rows is False and lean.fold_heads is True
     monkeypatch.setattr(lean, "rows_attend_alone_in_a_group", lambda: True)  # the probe misses it: the check does not
     assert lean.checked() and lean.group_rows is False
 
 
-def test_fp32_attention_runs_rows_alone_and_unfolded():
-    """This CPU's fp32 kernel gives a row in a batch other bits than alone at most lengths, folded or not."""
+def test_fp32_attention_runs_rows_alone_and_folds_within_rounding():
+    """This CPU's fp32 kernel gives a row in a batch other bits than alone at most lengths, folded or not; a
+    row that attends alone has the same call in any batch, so its heads fold where values stay within
+    rounding of stock attention."""
     lean = tiny_lean()
-    assert lean.checked() and lean.group_rows is False and lean.fold_heads is False
+    assert not lean.heads_fold_soundly(grouped=True)
+    assert lean.checked() and lean.group_rows is False and lean.fold_heads is True
 
 
 def test_folded_heads_give_a_row_its_bits_alone_and_stock_values_within_rounding(smollm):
     """On the default model's head shapes: rows of mixed lengths, left-padded as the loop pads them."""
-    lean = batcher_for(smollm).lean
-    assert lean.fold_heads and lean.heads_fold_soundly()
+    lean = smollm.decoder.lean
+    assert lean.fold_heads and lean.heads_fold_soundly(lean.group_rows)
     attention = smollm.model.model.layers[0].self_attn
     generator = torch.Generator().manual_seed(3)
     lengths, width = [150, 150, 77, 150, 9], 150
@@ -135,7 +139,7 @@ def test_the_folded_step_stays_within_rounding_of_forward(smollm):
     """Logits of the real default model, folded against forward()'s, over a few steps of one prompt."""
     from transformers import DynamicCache
 
-    lean, model = batcher_for(smollm).lean, smollm.model
+    lean, model = smollm.decoder.lean, smollm.model
     assert lean.fold_heads
     prompt = torch.tensor([smollm.tokenizer.encode("The capital of France is")])
     caches = [DynamicCache(config=model.config) for _ in range(2)]
@@ -169,9 +173,8 @@ def test_a_fold_that_maps_heads_wrongly_is_refused(monkeypatch):
     assert lean.checked() and lean.fold_heads is False
 
 
-def test_HUB_EXACT_DECODE_1_keeps_every_step_bitwise_stock(monkeypatch):
-    monkeypatch.setattr(fastdecode, "EXACT", True)
-    lean = tiny_lean(torch.bfloat16)
+def test_an_exact_plan_keeps_every_step_bitwise_stock():
+    lean = tiny_lean(torch.bfloat16, exact=True)
     assert lean.checked() and lean.heads_fold_soundly()
     assert lean.fold_heads is False and lean.pair_rows is False
 
@@ -190,18 +193,20 @@ def kernel_with_a_one_row_path(linear, one_row_shift=1e-2, per_row_count=0.0):
 
 
 def test_a_linear_whose_one_row_kernel_differs_runs_row_by_row_and_pairs_rows_where_sound():
-    from demo.batching import row_consistent_linears
+    from demo.batching import row_consistent_linears, split_shapes
 
     sound, mixed, far = torch.nn.Linear(16, 8), torch.nn.Linear(16, 4), torch.nn.Linear(16, 2)
     model = torch.nn.Sequential(kernel_with_a_one_row_path(sound, one_row_shift=1e-7),
                                 kernel_with_a_one_row_path(mixed, one_row_shift=1e-7, per_row_count=1e-7),
                                 kernel_with_a_one_row_path(far))  # far: 1e-2 off, no rounding difference
-    assert row_consistent_linears(model, max_batch=4) == {(16, 8): 1, (16, 4): 1, (16, 2): 1}
-    assert sound._hub_paired is True and mixed._hub_paired is False and far._hub_paired is False
+    plans = row_consistent_linears(model, max_batch=4)
+    assert split_shapes(plans, 4) == {(16, 8): 1, (16, 4): 1, (16, 2): 1}
+    assert plans[sound].paired is True and plans[mixed].paired is False and plans[far].paired is False
     x = torch.randn(4, 1, 16)
     alone = torch.cat([sound.forward(x[i:i + 1]) for i in range(4)])  # the chunked forward: rows one by one
     assert torch.equal(sound(x), alone)
-    assert torch.equal(sound._hub_whole(x)[2:3], sound._hub_whole(x[[2, 0]])[:1])  # whole: any batch of 2+
+    whole = plans[sound].whole
+    assert torch.equal(whole(x)[2:3], whole(x[[2, 0]])[:1])  # whole: any batch of 2+
 
 
 def test_the_lean_step_gives_a_row_in_a_batch_the_logits_it_gets_alone(smollm):
@@ -209,10 +214,10 @@ def test_the_lean_step_gives_a_row_in_a_batch_the_logits_it_gets_alone(smollm):
     of 4 as alone, on the real default model."""
     from transformers import DynamicCache
 
-    lean, model = batcher_for(smollm).lean, smollm.model
+    lean, model = smollm.decoder.lean, smollm.model
     assert lean.fold_heads and lean.pair_rows
-    down = model.model.layers[0].mlp.down_proj  # where this CPU's kernel needs it (here), run whole
-    assert down._hub_rows == batcher_for(smollm).max_batch or down._hub_paired
+    down = smollm.plan.linears[model.model.layers[0].mlp.down_proj]  # where this CPU's kernel needs it, run whole
+    assert down.rows == smollm.decoder.max_batch or down.paired
     generator = torch.Generator().manual_seed(5)
     prompts = torch.randint(0, model.config.vocab_size, (4, 12), generator=generator)
     tokens = torch.randint(0, model.config.vocab_size, (4, 1), generator=generator)

@@ -186,7 +186,7 @@ def test_a_server_the_bench_starts_dies_with_the_bench_even_on_sigkill(tmp_path)
 
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
-        "from demo.bench_servers import die_with_parent\n"
+        "from bench.servers import die_with_parent\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], preexec_fn=die_with_parent)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n")], cwd=ROOT, stdout=subprocess.PIPE, text=True)

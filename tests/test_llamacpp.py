@@ -158,8 +158,8 @@ def wait_until(check, timeout_s: float = 5.0) -> bool:
 
 
 def test_bench_llama_part_at_a_tiny_size(llama):
-    from demo.bench_llamacpp import TARGETS, llama_bench, ratios
-    from demo.bench_report import finite_numbers
+    from bench.llamacpp import TARGETS, llama_bench, ratios
+    from bench.report import finite_numbers
     from demo.registry import load_registry
 
     entry = load_registry().get(DEFAULT_ID)

@@ -8,7 +8,8 @@ import psutil
 import pytest
 import torch
 
-from demo.loader import LoadedModel
+from demo.backends.transformers import on_transformers
+from demo.loaded import LoadedModel
 from demo.manager import ERROR, LOADING, NOT_LOADED, READY, UNAVAILABLE, ModelLoadError, ModelManager
 from demo.params import GenerationParams
 from demo.registry import parse_registry
@@ -30,7 +31,7 @@ def fake_loader(size_mb=64, delay=0.0, calls=None, fail=()):
         if entry.id in fail:
             raise OSError(f"{entry.id}/model.safetensors is corrupt")
         model = torch.nn.Linear(1024, size_mb * MB // 4096, bias=False)
-        return LoadedModel(entry.id, model, None, TemplateAdapter(), GenerationParams(), None)
+        return on_transformers(LoadedModel(entry.id, model, None, TemplateAdapter(), GenerationParams(), None))
     return load
 
 

@@ -23,8 +23,7 @@ def onednn_packs_bf16() -> bool:
         return False
 
 
-onednn = pytest.mark.skipif(not (prepack.ENABLED and onednn_packs_bf16()),
-                            reason="this CPU has no oneDNN bf16 kernels (or HUB_PREPACK=0)")
+onednn = pytest.mark.skipif(not onednn_packs_bf16(), reason="this CPU has no oneDNN bf16 kernels")
 
 
 def tiny_pair(seed=0):
@@ -91,12 +90,12 @@ def test_unpack_gives_back_the_exact_weights_and_stock_forward(plain_kernel):
     model, stock = tiny_pair()
     decoder = BatchedDecoder(model)
     assert decoder.packed
-    prepack.unpack(model)
-    assert prepack.packed_groups(model) == []
+    decoder.restore_stock()
+    assert decoder.packing.groups == [] and decoder.packed == 0
     for (name, got), want in zip(model.named_parameters(), stock.parameters()):
         assert torch.equal(got, want), name
     for proj in projections(model):
-        assert "forward" not in proj.__dict__ and not hasattr(proj, "_hub_packed")
+        assert "forward" not in proj.__dict__ and decoder.packing.group_of(proj) is None
     attention = model.model.layers[1].self_attn  # q, k, v are views of one fused matrix again
     assert attention.q_proj.weight.untyped_storage().data_ptr() == attention.v_proj.weight.untyped_storage().data_ptr()
     ids = torch.randint(0, 300, (1, 9))
@@ -113,7 +112,6 @@ def test_a_kernel_that_rounds_differently_is_not_used(plain_kernel, monkeypatch)
     model, stock = tiny_pair()
     assert BatchedDecoder(model).packed == 0
     assert not any(p.weight.is_meta for p in projections(model))
-    assert not prepack.packed_groups(model)
 
 
 def test_a_cpu_without_the_kernels_keeps_plain_weights(monkeypatch):
@@ -129,10 +127,27 @@ def test_a_cpu_without_the_kernels_keeps_plain_weights(monkeypatch):
         assert torch.equal(model(ids).logits, stock(ids).logits)
 
 
-def test_hub_prepack_0_turns_packing_off(plain_kernel, monkeypatch):
-    monkeypatch.setattr(prepack, "ENABLED", False)
+def test_a_plan_without_prepacking_packs_nothing(plain_kernel):
     model, _ = tiny_pair()
-    assert BatchedDecoder(model).packed == 0 and not plain_kernel
+    assert BatchedDecoder(model, prepack=False).packed == 0 and not plain_kernel
+
+
+def test_a_float32_plan_packs_within_rounding_and_a_tied_head_too(plain_kernel, monkeypatch):
+    """Packed float32 products differ from F.linear by rounding on a CPU without bf16 kernels: a float32 plan
+    that is not exact packs them where they stay within rounding, and its tied head, whose one row costs half."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def rounds_apart(x, packed, bias):
+        return F.linear(x, packed, bias) * (1 + 2**-23)
+
+    monkeypatch.setattr(prepack, "_linear", rounds_apart)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    assert BatchedDecoder(model, exact_packing=True).packed == 0
+    model = LlamaForCausalLM(config).eval()
+    assert BatchedDecoder(model, exact_packing=False).packed == 2 * 4 + 1
+    assert not model.model.embed_tokens.weight.is_meta  # the embedding keeps its plain weight
 
 
 def test_a_tied_output_head_stays_plain(plain_kernel):
@@ -146,34 +161,14 @@ def test_a_tied_output_head_stays_plain(plain_kernel):
 
 
 def test_the_default_model_packs_where_the_cpu_can(smollm):
-    from demo.engine import batcher_for
-
-    packed = batcher_for(smollm).packed
-    if onednn_packs_bf16() and prepack.ENABLED:
+    packed, plan = smollm.decoder.packed, smollm.plan
+    if plan.weights_dtype == "float32" and not plan.exact:
+        assert packed == 30 * 4 + 1  # 30 layers and the tied output head, packed in float32 within rounding
+    elif onednn_packs_bf16():
         assert packed == 30 * 4  # 30 layers; the output head is tied to the embedding
     else:
         assert packed == 0
-    assert batcher_for(smollm).lean is not None
-
-
-def test_the_bench_saves_a_packed_model_with_its_plain_weights(plain_kernel, tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from demo.bench import save_checkpoint
-    from demo.manager import ModelManager
-    from demo.registry import parse_registry
-    from tests.tiny import make_tiny_chat_model
-
-    folder = make_tiny_chat_model(tmp_path / "tiny", seed=2)
-    manager = ModelManager(parse_registry(
-        f"models:\n  - {{id: tiny, name: T, source: {{path: {folder}}}, dtype: bfloat16}}\n"), 10**10)
-    loaded = manager.get("tiny")
-    assert loaded.batcher.packed
-    save_checkpoint(loaded, tmp_path / "saved")  # transformers serve's copy, in the bench
-    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.bfloat16)
-    stock = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
-    for (name, got), want in zip(saved.named_parameters(), stock.parameters()):
-        assert torch.equal(got, want), name
+    assert smollm.decoder.lean is not None and plan.prepacked == packed
 
 
 def test_each_packed_kernel_gets_its_own_row_probe(plain_kernel, monkeypatch):
@@ -181,7 +176,7 @@ def test_each_packed_kernel_gets_its_own_row_probe(plain_kernel, monkeypatch):
 
     probed = []
     monkeypatch.setattr(batching, "_agreeing_rows", lambda linear, max_batch: probed.append(linear) or max_batch)
-    BatchedDecoder(tiny_pair()[0])
-    kernels = {(m.in_features, m.out_features, m._hub_packed.shape) for m in probed if hasattr(m, "_hub_packed")}
+    packing = BatchedDecoder(tiny_pair()[0]).packing
+    kernels = {(m.in_features, m.out_features, packing.group_of(m).shape) for m in probed if packing.group_of(m)}
     assert (64, 64, (128, 64)) in kernels  # q_proj: its rows of the fused q/k/v product
     assert (64, 64, (64, 64)) in kernels  # o_proj: same in/out as q_proj, but a kernel of its own

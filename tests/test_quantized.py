@@ -288,16 +288,14 @@ def test_lora_entry_shares_the_base_weights(fp_folder, lora_folder):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from demo.engine import batcher_for
-
     manager = ModelManager(lora_registry(fp_folder, lora_folder), 10**10)
     base_before = last_logits(manager.get("base").model)
     assert list(stream_chat(manager.get("base"), HELLO, greedy(manager.get("base"), 2)))[-1].error is None
-    loop = manager.get("base").batcher
-    assert loop, "a plain full-precision base serves through the batched decode loop"
+    loop = manager.get("base").decoder
+    assert loop is not None, "a plain full-precision base serves through the batched decode loop"
     tuned, base = manager.get("tuned"), manager.get("base")
     # Its loop is retired: the base and its adapter now share generate() and one lock.
-    assert base.batcher is False and batcher_for(base) is None and batcher_for(tuned) is None
+    assert base.decoder is None and tuned.decoder is None and not base.plan.loop and "LoRA" in base.plan.reason
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(fp_folder, dtype=torch.float32),
                                           str(lora_folder)).eval()
     assert torch.allclose(last_logits(tuned.model), last_logits(reference), atol=1e-5)
@@ -316,15 +314,15 @@ def test_lora_on_a_base_with_prepacked_weights(fp_folder, lora_folder, plain_ker
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import demo.prepack as prepack
-
     def base_and_tuned_logits(packing: bool):
-        monkeypatch.setattr(prepack, "ENABLED", packing)
+        monkeypatch.setenv("HUB_PREPACK", "1" if packing else "0")
+        monkeypatch.setenv("HUB_DECODE_COMPUTE", "model")  # bf16 on any CPU: compared with PEFT's bf16 below
         manager = ModelManager(lora_registry(fp_folder, lora_folder, "bfloat16"), 10**10)
         base = manager.get("base")
-        assert bool(base.batcher.packed) == packing  # the decode loop packs the base's weights at load
+        decoder = base.decoder
+        assert bool(decoder.packed) == packing  # the decode loop packs the base's weights at load
         tuned = manager.get("tuned")  # PEFT wraps stock Linears: the base gets its plain weights back first
-        assert prepack.packed_groups(base.model.model) == []
+        assert decoder.packing.groups == []
         assert list(stream_chat(tuned, HELLO, greedy(tuned, 3)))[-1].error is None
         return last_logits(base.model), last_logits(tuned.model)
 
@@ -340,9 +338,7 @@ def test_lora_on_a_quantized_base(packed, lora_folder):
     manager = ModelManager(lora_registry(packed("gptq"), lora_folder), 10**10)
     tuned, base = manager.get("tuned"), manager.get("base")
     assert (tuned.quant_format, tuned.bits, tuned.base_id) == ("gptq", 4, "base")
-    from demo.engine import batcher_for
-
-    assert batcher_for(base) is None  # quantized kernels keep generate(): batched rows are not checked there
+    assert base.decoder is None and "gptq" in base.plan.reason  # quantized kernels keep generate()
     assert not torch.allclose(last_logits(tuned.model), last_logits(base.model), atol=1e-3)
     assert list(stream_chat(tuned, HELLO, greedy(tuned, 3)))[-1].error is None
 

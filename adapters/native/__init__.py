@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..base import AdapterError
+from ..errors import AdapterError
 from ..files import read_json
 from ..quant import NONE_SPEC, QuantSpec, model_kwargs, native_quantization_config, place
 from . import baichuan2, chatglm3, qwen1

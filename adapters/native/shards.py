@@ -6,7 +6,7 @@ from typing import Iterator
 
 import torch
 
-from ..base import AdapterError
+from ..errors import AdapterError
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -14,7 +14,6 @@ text, holds back stop strings, counts stats and enforces cancel and timeouts.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import queue
@@ -422,15 +421,15 @@ class LlamaCppBackend:
         return stream_tokens(loaded, prompt, params, cancel, self.loop, stall_timeout_s, timeout_s)
 
 
-def load_gguf(entry, weights, adapter, started: float):
+def load_gguf(entry, weights, adapter, started: float, defaults, wanted_context: int | None):
     """A LoadedModel for a GGUF entry on llama.cpp: the family adapter's tokenizer builds the prompt ids,
-    llama.cpp holds the quantized weights."""
+    llama.cpp holds the quantized weights. `defaults` and `wanted_context` are the loader's, as for any entry."""
     import re
     from dataclasses import replace
 
     from adapters.quant import gguf_type
 
-    from ..loader import LoadedModel, folder_context, merged_defaults
+    from ..loaded import LoadedModel
 
     from . import llama_cpp_status
 
@@ -440,7 +439,7 @@ def load_gguf(entry, weights, adapter, started: float):
     if not weights.local:
         raise LlamaCppError(f"{weights.location} is not downloaded; llama.cpp reads a local GGUF file")
     tokenizer = gguf_tokenizer(adapter, weights)
-    wanted = entry.context_length or folder_context(adapter, weights) or DEFAULT_CONTEXT
+    wanted = wanted_context or DEFAULT_CONTEXT
     settings = LlamaSettings(seq_ctx=min(wanted, DEFAULT_CONTEXT))
     model = LlamaModel(Path(weights.location) / weights.gguf_file, settings)
     backend = LlamaCppBackend(model)
@@ -448,7 +447,7 @@ def load_gguf(entry, weights, adapter, started: float):
     bits = re.search(r"\d+", kind or "")
     loaded = LoadedModel(
         id=entry.id, model=None, tokenizer=tokenizer, adapter=adapter,
-        defaults=merged_defaults(adapter, None, entry.generation), context_length=settings.seq_ctx,
+        defaults=defaults, context_length=settings.seq_ctx,
         load_seconds=time.perf_counter() - started,
         quant=replace(weights.quant, detail=f"{kind} file, kept quantized in memory by llama.cpp"),
         bits=int(bits.group()) if bits else None, engine_backend=backend,

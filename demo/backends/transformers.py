@@ -1,46 +1,52 @@
 """The transformers engine: the model in this process, served by its batched decode loop or generate()."""
 from __future__ import annotations
 
+import weakref
 from typing import Iterator
 
-from ..engine import BATCHED_DECODE, stream_transformers
+from ..engine import stream_transformers
 from ..stream import TRANSFORMERS, CancelToken, Capabilities, Chunk, Prompt
-
-BATCHABLE_FORMATS = ("none", "gguf")  # demo.engine.batcher_for: other formats' kernels keep generate()
 
 
 class TransformersBackend:
-    """A view of one LoadedModel whose `model` is a transformers model (made per call: it holds nothing)."""
+    """The engine of one LoadedModel whose `model` is a transformers model; its decode plan
+    (demo/decodeplan.py) says whether a batched loop serves it. Holds the model weakly, as the model holds it."""
 
     name = TRANSFORMERS
 
     def __init__(self, loaded):
-        self.loaded = loaded
+        self._loaded = weakref.ref(loaded)
+
+    @property
+    def loaded(self):
+        loaded = self._loaded()
+        if loaded is None:
+            raise RuntimeError("the model was unloaded")
+        return loaded
 
     @property
     def capabilities(self) -> Capabilities:
-        batching = BATCHED_DECODE and self.loaded.quant_format in BATCHABLE_FORMATS and self.loaded.batcher is not False
-        return Capabilities(batching=batching, exact_prompt_ids=True, logits_processors=True)
+        return Capabilities(batching=self.loaded.decoder is not None, exact_prompt_ids=True, logits_processors=True)
 
     @property
     def decode_plan(self) -> str:
-        batcher = self.loaded.batcher
-        if not batcher:
-            return "generate(), one request at a time"
-        return "batched loop" + (", lean step" if getattr(batcher, "lean", None) is not None else "")
+        plan = self.loaded.plan
+        return plan.summary() if plan is not None else "generate(), one request at a time"
 
     def memory_bytes(self) -> int:
-        from ..loader import model_bytes
-
-        model = self.loaded.model
-        own = getattr(model, "own_bytes", None)  # a LoRA view counts only its adapter's weights
-        return own() if own else model_bytes(model)
+        return self.loaded.weights_bytes()
 
     def unload(self) -> None:
-        close = getattr(self.loaded.batcher, "close", None)
-        if close is not None:
-            close(wait_s=0.5)
+        decoder = self.loaded.decoder
+        if decoder is not None:
+            decoder.close(wait_s=0.5)
 
     def stream(self, prompt: Prompt, params, cancel: CancelToken, stall_timeout_s: float = 120.0,
                timeout_s: float | None = None) -> Iterator[Chunk]:
         return stream_transformers(self.loaded, prompt, params, cancel, stall_timeout_s, timeout_s)
+
+
+def on_transformers(loaded):
+    """`loaded` with the transformers engine attached (the loader, LoRA views and tests call this)."""
+    loaded.engine_backend = TransformersBackend(loaded)
+    return loaded

@@ -12,15 +12,16 @@ import threading
 import time
 from pathlib import Path
 
-from .engine import stream_ids
-from .manager import ModelManager, free_memory
-from .registry import ModelEntry, Registry, Settings
+from demo.engine import stream_ids
+from demo.manager import ModelManager
+from demo.memory import free_memory
+from demo.registry import ModelEntry, Registry, Settings
 
 
 def llama_bench(entry: ModelEntry, prompt_tokens: int, new_tokens: int, clients: tuple[int, ...], repeats: int,
                 log=print) -> dict:
-    from .backends.llamacpp import default_threads
-    from .bench import build_prompt, greedy, prompt_message, rss_bytes
+    from demo.backends.llamacpp import default_threads
+    from .prompts import build_prompt, greedy, prompt_message, rss_bytes
 
     entry = entry.model_copy(update={"engine": "llama.cpp"})
     manager = ModelManager(Registry([entry], Settings(default_model=entry.id)))
@@ -155,7 +156,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def cold_loads(manager: ModelManager, entry: ModelEntry, repeats: int) -> dict:
-    from .bench import rss_bytes
+    from .prompts import rss_bytes
 
     cold, growth = [], []
     for _ in range(repeats):
@@ -183,7 +184,7 @@ def ratios(llama: dict) -> dict:
     return out
 
 
-# (ratio key, what it is, target as text, test) rows for demo.bench_report
+# (ratio key, what it is, target as text, test) rows for bench.report
 TARGETS = [
     ("llama_engine_vs_bare_decode", "(7) llama.cpp engine decode tok/s ÷ bare llama-cpp-python", "≥ 0.95",
      lambda r: r >= 0.95),

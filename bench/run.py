@@ -21,17 +21,17 @@ from pathlib import Path
 
 import torch
 
-from . import bench_servers as servers
-from .engine import stream_chat
-from .loader import LoadedModel
-from .manager import ModelManager, free_memory
-from .prepack import unpack
-from .registry import ModelEntry, Registry, Settings
-from .threads import on_own_thread
+from demo.engine import stream_chat
+from demo.loaded import LoadedModel
+from demo.manager import ModelManager
+from demo.memory import free_memory
+from demo.registry import DecodeSettings, ModelEntry, Registry, Settings
+from demo.threads import on_own_thread
 
-FILLER = ("The lighthouse keeper wrote down the weather every morning: wind, clouds, the colour of the sea, "
-          "and the ships that passed. ")
-TASK = "Now write a long, detailed story about the lighthouse keeper's most surprising day."
+from . import servers
+from .prompts import build_prompt, greedy, prompt_message, rss_bytes
+
+
 
 
 @dataclass
@@ -49,14 +49,14 @@ class BenchConfig:
 
 
 def run_bench(config: BenchConfig, log=print) -> dict:
-    from .backends import is_gguf, llama_cpp_status
+    from demo.backends import is_gguf, llama_cpp_status
 
     config.out.mkdir(parents=True, exist_ok=True)
     report = {"started": now_iso(), "machine": machine(), "model": config.entry.id,
               "settings": {"prompt_tokens": config.prompt_tokens, "new_tokens": config.new_tokens,
                            "clients": list(config.clients), "repeats": config.repeats, "rounds": config.rounds}}
     if config.llama_cpp and is_gguf(config.entry) and llama_cpp_status()[0]:
-        from .bench_llamacpp import llama_bench
+        from .llamacpp import llama_bench
 
         report["llama_cpp"] = llama_bench(config.entry, config.prompt_tokens, config.new_tokens, config.clients,
                                           config.repeats, log)
@@ -71,14 +71,21 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     decode_plan = loaded.decode_plan
     message = prompt_message(loaded, config.prompt_tokens)
     report["prompt_tokens"] = len(build_prompt(loaded, message, config.new_tokens).input_ids)
+    report["decode_plan"] = loaded.plan.as_dict() if loaded.plan else None
+    log(f"decode plan: {loaded.plan.summary() if loaded.plan else 'none'}")
     # The baselines run on a stock model of their own: the hub's copy has its weights packed (demo.prepack)
+    # or held in float32 (demo.decodeplan); the exact plan runs on a copy of its own too.
     bare, _ = on_own_thread(bare_model, config.entry)
+    exact_plan = on_own_thread(exact_copy, config.entry)
     log("single stream: engine vs bare generate ...")
-    report["single_stream"] = single_stream(loaded, bare, message, config)
+    report["single_stream"] = single_stream(loaded, bare, message, config, exact_plan)
+    alone(exact_plan)
+    del exact_plan
     log("time to first token ...")
-    report["ttft"] = first_token(loaded, bare, message, config.repeats)
+    bare_fp32, _ = on_own_thread(bare_model, config.entry, torch.float32)
+    report["ttft"] = first_token(loaded, bare, message, config.repeats, bare_fp32)
     log("model switch ...")
-    del loaded, bare
+    del loaded, bare, bare_fp32
     free_memory()
     report["switch"], report["memory"] = switch(manager, config.entry, first_load_s, config.repeats)
     if config.hub_server:
@@ -94,24 +101,6 @@ def run_bench(config: BenchConfig, log=print) -> dict:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def prompt_message(loaded: LoadedModel, prompt_tokens: int) -> str:
-    """A user message whose chat prompt is about `prompt_tokens` long (never shorter than the task)."""
-    base = len(build_prompt(loaded, TASK, 1).input_ids)
-    filler_ids = loaded.tokenizer.encode(FILLER * (1 + prompt_tokens // 8), add_special_tokens=False)
-    room = max(0, prompt_tokens - base - 1)
-    filler = loaded.tokenizer.decode(filler_ids[:room]).strip()
-    return f"{filler}\n\n{TASK}" if filler else TASK
-
-
-def build_prompt(loaded: LoadedModel, message: str, new_tokens: int):
-    return loaded.adapter.build_prompt(loaded.tokenizer, [{"role": "user", "content": message}],
-                                       loaded.context_length, new_tokens, loaded.extra_stop_ids)
-
-
-def greedy(loaded: LoadedModel, new_tokens: int):
-    return loaded.defaults.override({"greedy": True, "repetition_penalty": 1.0, "max_new_tokens": new_tokens})
-
-
 # -- (1) single stream ----------------------------------------------------------------------------
 def bare_generate(model, prompt, new_tokens: int) -> tuple[list[int], float]:
     ids = torch.tensor([prompt.input_ids], device=model.device)
@@ -135,34 +124,27 @@ def engine_run(loaded: LoadedModel, message: str, new_tokens: int):
 @contextmanager
 def generate_path(loaded: LoadedModel):
     """Serve this model through generate() on a worker thread instead of the batched loop."""
-    saved, loaded.batcher = loaded.batcher, False
+    saved, loaded.decoder = loaded.decoder, None
     try:
-        yield
+        yield loaded
     finally:
-        loaded.batcher = saved
+        loaded.decoder = saved
 
 
 @contextmanager
 def _nothing(loaded: LoadedModel):
-    yield
+    yield loaded
 
 
-@contextmanager
-def exact(loaded: LoadedModel):
-    """The decode loop as with HUB_EXACT_DECODE=1: every step bitwise what generate() computes."""
-    lean = getattr(loaded.batcher, "lean", None)
-    if lean is None:  # no lean step: the loop, or generate(), already computes as generate() does
-        yield
-        return
-    saved = lean.fold_heads, lean.pair_rows
-    lean.fold_heads = lean.pair_rows = False
-    try:
-        yield
-    finally:
-        lean.fold_heads, lean.pair_rows = saved
+def exact_copy(entry: ModelEntry) -> LoadedModel:
+    """The entry loaded again with an exact decode plan: every step bitwise generate()'s, in its dtype."""
+    from demo.loader import load_entry
+
+    settings = (entry.decode or DecodeSettings()).model_copy(update={"exact": True})
+    return load_entry(entry.model_copy(update={"decode": settings}))
 
 
-VARIANTS = {"engine": _nothing, "engine_exact": exact, "engine_generate_path": generate_path}
+VARIANTS = {"engine": _nothing, "engine_exact": None, "engine_generate_path": generate_path}
 
 
 def alone(loaded: LoadedModel) -> LoadedModel:
@@ -172,12 +154,12 @@ def alone(loaded: LoadedModel) -> LoadedModel:
     cores with a second pool, and pays for it (demo.threads): a bare prefill measured 167 ms then, against
     114 ms once the loop had ended. The hub's next request starts a fresh loop thread, as after any idle
     pause."""
-    if loaded.batcher:
-        loaded.batcher.close(wait_s=10.0)
+    if loaded.decoder is not None:
+        loaded.decoder.close(wait_s=10.0)
     return loaded
 
 
-def single_stream(loaded: LoadedModel, bare, message: str, config: BenchConfig) -> dict:
+def single_stream(loaded: LoadedModel, bare, message: str, config: BenchConfig, exact_plan: LoadedModel) -> dict:
     prompt = build_prompt(loaded, message, config.new_tokens)
     # Baselines run on a thread that ends with them, as the hub's loads and decode loop do, and after the
     # loop's thread has ended, so every variant runs with one OpenMP pool alive (demo.threads).
@@ -192,8 +174,9 @@ def single_stream(loaded: LoadedModel, bare, message: str, config: BenchConfig) 
         tokens = len(reference)
         rates["bare_generate"].append(len(reference) / seconds)
         for name, variant in VARIANTS.items():
-            with variant(alone(loaded)):
-                last, seconds, _ = engine_run(loaded, message, config.new_tokens)
+            alone(exact_plan)
+            with (variant or _nothing)(alone(loaded if variant else exact_plan)) as model:
+                last, seconds, _ = engine_run(model, message, config.new_tokens)
             rates[name].append(last.stats.new_tokens / seconds)
             equal[name] = equal[name] and last.output_ids == reference
     result = {f"{k}_tok_s": statistics.median(v) for k, v in rates.items()}
@@ -211,18 +194,21 @@ def bare_prefill(model, prompt) -> float:
     return time.perf_counter() - started
 
 
-def first_token(loaded: LoadedModel, bare, message: str, repeats: int) -> dict:
+def first_token(loaded: LoadedModel, bare, message: str, repeats: int, bare_fp32) -> dict:
+    """The hub's time to first token against a bare prefill forward of the same prompt, in the model's dtype
+    and in float32 (on a CPU without bf16 kernels float32 prefills about 3x faster: demo.decodeplan)."""
     prompt = build_prompt(loaded, message, 2)
-    bare_s, hub, hub_generate = [], [], []
+    bare_s, fp32_s, hub, hub_generate = [], [], [], []
     for _ in range(max(3, repeats)):
         alone(loaded)
         bare_s.append(on_own_thread(bare_prefill, bare, prompt))
+        fp32_s.append(on_own_thread(bare_prefill, bare_fp32, prompt))
         hub.append(engine_run(loaded, message, 2)[2])  # starts the loop's thread afresh
         with generate_path(alone(loaded)):
             hub_generate.append(engine_run(loaded, message, 2)[2])
-    b, h, g = (statistics.median(x) for x in (bare_s, hub, hub_generate))
-    return {"bare_prefill_s": b, "hub_ttft_s": h, "overhead_s": h - b, "hub_generate_path_ttft_s": g,
-            "generate_path_overhead_s": g - b}
+    b, f, h, g = (statistics.median(x) for x in (bare_s, fp32_s, hub, hub_generate))
+    return {"bare_prefill_s": b, "bare_fp32_prefill_s": f, "hub_ttft_s": h, "overhead_s": h - b,
+            "hub_ttft_vs_fp32_prefill": h / f, "hub_generate_path_ttft_s": g, "generate_path_overhead_s": g - b}
 
 
 # -- (4) model switch --------------------------------------------------------------------------------
@@ -233,18 +219,19 @@ def bare_load(entry: ModelEntry) -> float:
     return seconds
 
 
-def bare_model(entry: ModelEntry):
-    """(stock transformers model, seconds its tokenizer and weights took to load) of the entry's folder."""
+def bare_model(entry: ModelEntry, dtype=None):
+    """(stock transformers model, seconds its tokenizer and weights took to load) of the entry's folder;
+    in `dtype` when given, else in the entry's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adapters.weights import resolve
-    from .loader import pick_device, pick_dtype
+    from demo.loader import pick_device, pick_dtype
 
     weights = resolve(entry.source)
     device = pick_device(entry.device)
     started = time.perf_counter()
     AutoTokenizer.from_pretrained(weights.location, **weights.pretrained_kwargs())
-    model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=pick_dtype(entry.dtype, device),
+    model = AutoModelForCausalLM.from_pretrained(weights.location, dtype=dtype or pick_dtype(entry.dtype, device),
                                                  **weights.pretrained_kwargs()).to(device)
     return model, time.perf_counter() - started
 
@@ -275,13 +262,6 @@ def switch(manager: ModelManager, entry: ModelEntry, first_load_s: float, repeat
 
 
 # -- (6) memory ----------------------------------------------------------------------------------------
-def rss_bytes() -> int:
-    import psutil
-
-    gc.collect()
-    return psutil.Process().memory_info().rss
-
-
 def memory_of(loaded: LoadedModel, entry: ModelEntry, rss_growth: int) -> dict:
     """The process's growth on load against the weights' bytes in memory (and on disk, for reference)."""
     from adapters.weights import resolve
@@ -332,11 +312,11 @@ def hub_server(config: BenchConfig, message: str, loaded: LoadedModel) -> dict:
 def transformers_serve(config: BenchConfig, message: str, manager: ModelManager, log) -> dict:
     """The same weights saved to a folder, served by `transformers serve`, with and without batching."""
     folder = Path(tempfile.mkdtemp(prefix="bench-tserve-"))
-    loaded = manager.get(config.entry.id)
-    save_checkpoint(loaded, folder)
-    dtype = str(loaded.model.dtype).replace("torch.", "")
+    model, _ = on_own_thread(bare_model, config.entry)  # stock weights in the entry's dtype
+    save_checkpoint(model, manager.get(config.entry.id).tokenizer, folder)
+    dtype = str(model.dtype).replace("torch.", "")
     manager.unload(config.entry.id)
-    del loaded
+    del model
     results = {}
     for batching in (False, True):
         name = "continuous_batching" if batching else "plain"
@@ -353,17 +333,15 @@ def transformers_serve(config: BenchConfig, message: str, manager: ModelManager,
     return results
 
 
-def save_checkpoint(loaded: LoadedModel, folder: Path) -> None:
-    """The loaded weights as a plain safetensors checkpoint (a GGUF source is saved dequantized)."""
-    model = loaded.model
-    unpack(model)  # stock weights back: save_pretrained reads every Linear's plain weight
+def save_checkpoint(model, tokenizer, folder: Path) -> None:
+    """A stock model's weights as a plain safetensors checkpoint (a GGUF source is saved dequantized)."""
     config = model.config
     if getattr(config, "quantization_config", None) and _is_gguf(config.quantization_config):
         del config.quantization_config  # the weights in memory are already plain tensors
         model.hf_quantizer = None
         model.is_quantized = False
     model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _is_gguf(quantization_config) -> bool:
@@ -376,7 +354,7 @@ def _is_gguf(quantization_config) -> bool:
 def ratios(report: dict) -> dict:
     out = {}
     if report.get("llama_cpp"):
-        from .bench_llamacpp import ratios as llama_ratios
+        from .llamacpp import ratios as llama_ratios
 
         out.update(llama_ratios(report["llama_cpp"]))
     single = report["single_stream"]
@@ -385,6 +363,8 @@ def ratios(report: dict) -> dict:
     if "engine_exact_tok_s" in single:  # older reports: no such variant
         out["engine_exact_vs_bare"] = single["engine_exact_tok_s"] / single["bare_generate_tok_s"]
     out["ttft_overhead_ms"] = report["ttft"]["overhead_s"] * 1000
+    if "hub_ttft_vs_fp32_prefill" in report["ttft"]:  # older reports: no float32 baseline
+        out["ttft_vs_fp32_prefill"] = report["ttft"]["hub_ttft_vs_fp32_prefill"]
     switch_ = report["switch"]
     out["switch_cached_ms"] = switch_["cached_s"] * 1000
     out["switch_cold_vs_bare"] = switch_["cold_s"] / switch_["bare_from_pretrained_s"]
@@ -421,7 +401,7 @@ def concurrency_ratios(prefix: str, series: list[dict], serve: dict) -> dict:
 def paired_ratio(many: dict, one: dict) -> float:
     """The median, over repeats, of n clients' tok/s ÷ one client's in the same repeat.
 
-    A repeat runs every client count within a minute or so (demo.bench_servers.series), and this VM's
+    A repeat runs every client count within a minute or so (bench.servers.series), and this VM's
     speed drifts 10-20% over minutes; pairing by repeat keeps that drift out of the ratio, where a ratio of
     the two medians can set a fast repeat of one count against a slow repeat of the other."""
     pairs = list(zip(many.get("aggregate_tok_s_samples") or [], one.get("aggregate_tok_s_samples") or []))

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .batchjob import Job, Paths, default_concurrency, sole_user
-from .engine import stream_chat
+from demo.batchjob import Job, Paths, default_concurrency, sole_user
+from demo.engine import stream_chat
 
 TARGET = 0.4
 PROMPTS = ["What is the capital of France?", "Name three primary colors.", "What is 12 times 12?",
