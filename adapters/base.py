@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+Message = dict  # {"role": "system"|"user"|"assistant"|"tool", "content": str, ...} (see adapters/tools.py)
 
 
 class AdapterError(ValueError):
@@ -28,9 +28,21 @@ class Prompt:
     stop_strings: list[str] = field(default_factory=list)
     max_new_tokens: int | None = None  # reply budget left by the context, when known
     dropped_turns: int = 0  # whole oldest turns left out to fit the context
+    reply_prefix: str = ""  # text the prompt already opened the reply with (e.g. "<think>\n")
 
     def text(self, tokenizer) -> str:
         return tokenizer.decode(self.input_ids, skip_special_tokens=False)
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """What a request adds to its messages: tool definitions and chat-template variables."""
+
+    tools: list[dict] | None = None  # OpenAI function tools, checked by adapters.tools.check_tools
+    template_kwargs: dict = field(default_factory=dict)  # e.g. {"enable_thinking": False}
+
+
+NO_OPTIONS = ChatOptions()
 
 
 class ChatAdapter:
@@ -62,7 +74,28 @@ class ChatAdapter:
 
     # -- prompt -------------------------------------------------------------------------------
     def build_ids(self, tokenizer, messages: Sequence[Message]) -> list[int]:
+        """Prompt ids; a family that takes tools or template variables adds an `options` argument."""
         raise NotImplementedError
+
+    def takes_tools(self, tokenizer) -> bool:
+        """Whether this family (with this tokenizer's template) renders tool definitions and tool turns."""
+        return False
+
+    def thinking_variable(self, tokenizer) -> str | None:
+        """The chat-template variable that switches reasoning on and off (None: there is none)."""
+        return None
+
+    def check_options(self, tokenizer, messages: Sequence[Message], options: ChatOptions) -> None:
+        """Refuse tools (definitions or tool turns) where the family cannot render them."""
+        uses_tools = options.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+        if uses_tools and not self.takes_tools(tokenizer):
+            raise AdapterError(f"the {self.family} family's prompt format has no tool calls; "
+                               f"send no tools or tool turns to this model")
+
+    def ids_for(self, tokenizer, messages: Sequence[Message], options: ChatOptions) -> list[int]:
+        if options == NO_OPTIONS:
+            return self.build_ids(tokenizer, messages)
+        return self.build_ids(tokenizer, messages, options)
 
     def with_default_system(self, messages: Sequence[Message]) -> list[Message]:
         messages = [dict(m) for m in messages]
@@ -71,13 +104,15 @@ class ChatAdapter:
         return messages
 
     def build_prompt(self, tokenizer, messages: Sequence[Message], context_length: int | None = None,
-                     max_new_tokens: int | None = None, extra_stop_ids: Sequence[int] = ()) -> Prompt:
+                     max_new_tokens: int | None = None, extra_stop_ids: Sequence[int] = (),
+                     options: ChatOptions = NO_OPTIONS) -> Prompt:
         """Prompt ids for `messages`, dropping whole oldest turns only when no room is left for a reply."""
         validate_messages(messages)
+        self.check_options(tokenizer, messages, options)
         messages = self.with_default_system(messages)
         dropped = 0
         while True:
-            ids = self.build_ids(tokenizer, messages)
+            ids = self.ids_for(tokenizer, messages, options)
             budget = max_new_tokens
             if context_length:
                 room = context_length - len(ids)
@@ -90,7 +125,12 @@ class ChatAdapter:
                             f"model's context is {context_length}")
                     dropped += 1
                     continue
-            return Prompt(ids, self.stop_token_ids(tokenizer, extra_stop_ids), list(self.stop_strings), budget, dropped)
+            return Prompt(ids, self.stop_token_ids(tokenizer, extra_stop_ids), list(self.stop_strings), budget, dropped,
+                          self.reply_prefix(tokenizer, ids))
+
+    def reply_prefix(self, tokenizer, ids: list[int]) -> str:
+        """Reply text the prompt wrote after the assistant marker (a template that opens <think> itself)."""
+        return ""
 
     # -- loading ------------------------------------------------------------------------------
     def load_tokenizer(self, weights):
@@ -152,15 +192,29 @@ def unique(ids) -> list[int]:
 
 
 def validate_messages(messages: Sequence[Message]) -> None:
+    from .tools import check_tool_turns
+
     if not messages:
         raise AdapterError("the conversation is empty")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise AdapterError(f"message {i}: expected an object with 'role' and 'content', got {m!r}")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise AdapterError(f"message {i}: unknown role {m['role']!r} (system, user or assistant)")
+        if m["role"] not in MESSAGE_KEYS:
+            raise AdapterError(f"message {i}: unknown role {m['role']!r} (system, user, assistant or tool)")
+        if set(m) - MESSAGE_KEYS[m["role"]]:
+            raise AdapterError(f"message {i}: unexpected keys {sorted(set(m) - MESSAGE_KEYS[m['role']])} "
+                               f"in a {m['role']} message")
         if not isinstance(m["content"], str):
             raise AdapterError(f"message {i}: content must be text")
+        if not isinstance(m.get("reasoning_content") or "", str):
+            raise AdapterError(f"message {i}: reasoning_content must be text")
+    check_tool_turns(messages)
+
+
+# Keys each role may carry: an assistant turn its tool calls and reasoning, a tool turn the call it answers.
+MESSAGE_KEYS = {"system": {"role", "content"}, "user": {"role", "content"},
+                "assistant": {"role", "content", "tool_calls", "reasoning_content"},
+                "tool": {"role", "content", "tool_call_id", "name"}}
 
 
 def reply_budget(prompt_len: int, context_length: int | None, max_new_tokens: int | None) -> int | None:
