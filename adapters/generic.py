@@ -141,7 +141,26 @@ def protect(segments: list[tuple[str, bool]], protected: list[str]) -> list[tupl
 def encode(tokenizer, text: str, special: bool) -> list[int]:
     if not text:
         return []
+    if not special and any(tok in text for tok in plain_added_tokens(tokenizer)):
+        return model_ids(tokenizer, text)
     return tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+
+def plain_added_tokens(tokenizer) -> list[str]:
+    """Added tokens that are not "special" (Qwen's <think>, <tool_call>): split_special_tokens keeps them whole."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", {})
+    return [t.content for t in decoder.values() if not t.special]
+
+
+def model_ids(tokenizer, text: str) -> list[int]:
+    """`text` through the tokenizer's normalizer, pre-tokenizer and model alone: no added token matches."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if backend.normalizer is not None:
+        text = backend.normalizer.normalize_str(text)
+    pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer is not None else [(text, None)]
+    return [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
 
 
 def has_special_text(tokenizer, text: str) -> bool:

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(prompt)
     prompt.add_argument("--messages", required=True, help="JSON file: a list of {role, content}")
     prompt.add_argument("--max-new-tokens", type=int, help="reply budget to reserve in the context")
+    add_chat_option_args(prompt)
     prompt.add_argument("--json", action="store_true")
     prompt.set_defaults(run=cmd_prompt)
 
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="one user message")
     source.add_argument("--input-ids", help="raw prompt ids, comma separated (no template applied)")
     add_sampling_args(gen)
+    add_chat_option_args(gen)
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=cmd_generate)
     board = sub.add_parser("leaderboard", help="print the arena leaderboard; export the votes")
@@ -158,6 +160,35 @@ def add_model_args(parser) -> None:
                         help="weights precision (default: the registry entry's; auto for a folder)")
     parser.add_argument("--quantization", choices=["bnb-4bit", "bnb-8bit"],
                         help="quantize a full-precision model at load with bitsandbytes")
+
+
+def add_chat_option_args(parser) -> None:
+    parser.add_argument("--tools", metavar="FILE", help="JSON file: a list of OpenAI function tools for the template")
+    parser.add_argument("--template-kwargs", metavar="JSON",
+                        help="chat-template variables as a JSON object, e.g. '{\"enable_thinking\": false}'")
+
+
+def chat_options_of(args):
+    """The --tools file and --template-kwargs object, checked, as the adapters take them."""
+    from adapters.base import ChatOptions
+    from adapters.tools import check_tools
+
+    tools = None
+    if getattr(args, "tools", None):
+        try:
+            tools = json.loads(Path(args.tools).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CliError(f"--tools {args.tools}: cannot read tools: {e}") from None
+        tools = check_tools(tools, "--tools")
+    kwargs = {}
+    if getattr(args, "template_kwargs", None):
+        try:
+            kwargs = json.loads(args.template_kwargs)
+        except ValueError as e:
+            raise CliError(f"--template-kwargs: not JSON: {e}") from None
+        if not isinstance(kwargs, dict):
+            raise CliError("--template-kwargs takes a JSON object, e.g. '{\"enable_thinking\": false}'")
+    return ChatOptions(tools=tools, template_kwargs=kwargs)
 
 
 def add_sampling_args(parser) -> None:
@@ -262,7 +293,7 @@ def cmd_prompt(args) -> int:
     loaded = load_without_weights(entry)
     budget = args.max_new_tokens or loaded.defaults.max_new_tokens
     prompt = loaded.adapter.build_prompt(loaded.tokenizer, read_messages(args.messages), loaded.context_length,
-                                         budget, loaded.extra_stop_ids)
+                                         budget, loaded.extra_stop_ids, chat_options_of(args))
     result = {"input_ids": prompt.input_ids, "text": prompt.text(loaded.tokenizer),
               "stop_token_ids": prompt.stop_token_ids, "stop_strings": prompt.stop_strings,
               "max_new_tokens": prompt.max_new_tokens, "dropped_turns": prompt.dropped_turns}
@@ -277,6 +308,7 @@ def cmd_prompt(args) -> int:
 def cmd_generate(args) -> int:
     from .engine import stream_chat, stream_ids
 
+    chat = chat_options_of(args)  # checked before the weights load
     loaded = load_for(args)
     params = params_of(args, loaded.defaults)
     if args.input_ids:
@@ -287,7 +319,7 @@ def cmd_generate(args) -> int:
         stream = stream_ids(loaded, ids, params)
     else:
         messages = read_messages(args.messages) if args.messages else [{"role": "user", "content": args.prompt}]
-        stream = stream_chat(loaded, messages, params)
+        stream = stream_chat(loaded, messages, params, chat=chat)
     last = None
     for last in stream:
         if not args.json:

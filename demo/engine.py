@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from adapters.base import AdapterError, ContextTooLong
+from adapters.base import NO_OPTIONS, AdapterError, ChatOptions, ContextTooLong
 
 from .limits import CONTEXT_TOO_LONG, INVALID, TIMEOUT, LimitError, capped, check_messages
 from .batching import BatchedDecoder, can_batch
@@ -105,8 +105,8 @@ class _IdStreamer(TextIteratorStreamer):
 
 
 def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: GenerationParams | None = None,
-                cancel: CancelToken | None = None, **options) -> Iterator[Chunk]:
-    """Build the family's prompt for `messages` and stream the reply.
+                cancel: CancelToken | None = None, chat: ChatOptions = NO_OPTIONS, **options) -> Iterator[Chunk]:
+    """Build the family's prompt for `messages` (with `chat`'s tools and template variables) and stream the reply.
 
     A remote model (an OpenAI-compatible server) streams the same chunks, so callers need no special case.
     """
@@ -117,11 +117,15 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
         yield Chunk("", "", Stats(), "error", str(e), code=e.code)
         return
     if loaded.remote:
+        if chat.tools:  # the remote server renders its own prompt; tools are not forwarded to it (yet)
+            yield Chunk("", "", Stats(), "error", f"{loaded.id} is served elsewhere; the hub does not "
+                        f"forward tools to it", code=INVALID)
+            return
         yield from _admitted(loaded, lambda: loaded.stream_remote(messages, params, cancel, **options))
         return
     try:
         prompt = loaded.adapter.build_prompt(loaded.tokenizer, messages, loaded.context_length,
-                                             params.max_new_tokens, loaded.extra_stop_ids)
+                                             params.max_new_tokens, loaded.extra_stop_ids, chat)
     except AdapterError as e:
         yield Chunk("", "", Stats(), "error", str(e), code=CONTEXT_TOO_LONG if isinstance(e, ContextTooLong)
                     else INVALID)
