@@ -28,7 +28,6 @@ class Prompt:
     stop_strings: list[str] = field(default_factory=list)
     max_new_tokens: int | None = None  # reply budget left by the context, when known
     dropped_turns: int = 0  # whole oldest turns left out to fit the context
-    reply_prefix: str = ""  # text the prompt already opened the reply with (e.g. "<think>\n")
 
     def text(self, tokenizer) -> str:
         return tokenizer.decode(self.input_ids, skip_special_tokens=False)
@@ -85,6 +84,16 @@ class ChatAdapter:
         """The chat-template variable that switches reasoning on and off (None: there is none)."""
         return None
 
+    def reply_format(self, tokenizer):
+        """How this family's replies hold reasoning and tool calls (adapters.replyparse)."""
+        from .replyparse import ReplyFormat
+
+        return ReplyFormat()
+
+    def opens_thinking(self, tokenizer, messages: Sequence[Message], options: "ChatOptions") -> bool:
+        """Whether the prompt itself opens <think>, so the reply starts inside its reasoning."""
+        return False
+
     def check_options(self, tokenizer, messages: Sequence[Message], options: ChatOptions) -> None:
         """Refuse tools (definitions or tool turns) where the family cannot render them."""
         uses_tools = options.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
@@ -125,12 +134,7 @@ class ChatAdapter:
                             f"model's context is {context_length}")
                     dropped += 1
                     continue
-            return Prompt(ids, self.stop_token_ids(tokenizer, extra_stop_ids), list(self.stop_strings), budget, dropped,
-                          self.reply_prefix(tokenizer, ids))
-
-    def reply_prefix(self, tokenizer, ids: list[int]) -> str:
-        """Reply text the prompt wrote after the assistant marker (a template that opens <think> itself)."""
-        return ""
+            return Prompt(ids, self.stop_token_ids(tokenizer, extra_stop_ids), list(self.stop_strings), budget, dropped)
 
     # -- loading ------------------------------------------------------------------------------
     def load_tokenizer(self, weights):

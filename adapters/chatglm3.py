@@ -6,6 +6,7 @@ import json
 from .base import NO_OPTIONS, ChatAdapter, ChatOptions
 from .files import local_folder
 from .native import NativeLoading
+from .replyparse import ReplyFormat
 from .spm import load_sentencepiece
 from .tools import call_arguments
 
@@ -40,6 +41,9 @@ class ChatGLM3Adapter(NativeLoading, ChatAdapter):
 
     def takes_tools(self, tokenizer) -> bool:
         return True
+
+    def reply_format(self, tokenizer) -> ReplyFormat:
+        return ReplyFormat(tools="chatglm3")
 
     def build_ids(self, tokenizer, messages, options: ChatOptions = NO_OPTIONS) -> list[int]:
         """Upstream build_chat_input: each turn is `<|role|>` + "metadata\n" + content.

@@ -6,6 +6,7 @@ import re
 from typing import Sequence
 
 from .base import NO_OPTIONS, AdapterError, ChatAdapter, ChatOptions, Message, token_id
+from .replyparse import CALL_START, THINK_END, THINK_START, ReplyFormat
 from .tools import string_leaves, template_messages
 
 # End-of-turn markers used by common chat templates; those the vocabulary has become stop ids.
@@ -68,11 +69,21 @@ class TemplateAdapter(ChatAdapter):
     def template_text(self, tokenizer) -> str:
         return getattr(tokenizer, "chat_template", None) or self.fallback_template or ""
 
-    def reply_prefix(self, tokenizer, ids: list[int]) -> str:
+    def reply_format(self, tokenizer) -> ReplyFormat:
+        template = self.template_text(tokenizer)
+        think = token_id(tokenizer, THINK_END) is not None or THINK_END in template
+        tools = None
+        if CALL_START in template:
+            tools = "hermes"
+        elif self.takes_tools(tokenizer) and "ipython" in template:
+            tools = "llama3_json"  # Llama 3.1+: a JSON call, results in the ipython role
+        return ReplyFormat(think=think, tools=tools)
+
+    def opens_thinking(self, tokenizer, messages: Sequence[Message], options: ChatOptions = NO_OPTIONS) -> bool:
         # DeepSeek-R1 distills end their generation prompt with "<think>\n": the reply starts inside it.
-        tail = tokenizer.decode(ids[-8:], skip_special_tokens=False)
-        at = tail.rfind("<think>")
-        return tail[at:] if at >= 0 and "</think>" not in tail[at:] else ""
+        tail = self.render(tokenizer, messages, options)[-64:]
+        at = tail.rfind(THINK_START)
+        return at >= 0 and THINK_END not in tail[at:]
 
     def stop_markers(self, tokenizer):
         # Only the end-of-turn markers this template actually writes (eos is always added).
