@@ -39,6 +39,7 @@ class ChatOptions:
 
     tools: list[dict] | None = None  # OpenAI function tools, checked by adapters.tools.check_tools
     template_kwargs: dict = field(default_factory=dict)  # e.g. {"enable_thinking": False}
+    reply_prefix: str = ""  # reply text the prompt writes for the model (a forced tool call's opening)
 
 
 NO_OPTIONS = ChatOptions()
@@ -101,6 +102,10 @@ class ChatAdapter:
             raise AdapterError(f"the {self.family} family's prompt format has no tool calls; "
                                f"send no tools or tool turns to this model")
 
+    def prefix_ids(self, tokenizer, prefix: str) -> list[int]:
+        """The hub's own reply opening (markers included, so they are control ids where the vocabulary has them)."""
+        return tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+
     def ids_for(self, tokenizer, messages: Sequence[Message], options: ChatOptions) -> list[int]:
         if options == NO_OPTIONS:
             return self.build_ids(tokenizer, messages)
@@ -121,7 +126,7 @@ class ChatAdapter:
         messages = self.with_default_system(messages)
         dropped = 0
         while True:
-            ids = self.ids_for(tokenizer, messages, options)
+            ids = self.ids_for(tokenizer, messages, options) + self.prefix_ids(tokenizer, options.reply_prefix)
             budget = max_new_tokens
             if context_length:
                 room = context_length - len(ids)

@@ -206,6 +206,17 @@ class ReplyParser:
         return bool(newline) and first.strip() in self.names
 
 
+def forced_call_prefix(tools: str | None, name: str | None = None) -> str:
+    """The reply opening that makes the model write a call (to `name`, when given) in its own format."""
+    if tools == "hermes":
+        return CALL_START + "\n" + (f'{{"name": "{name}", "arguments": ' if name else "")
+    if tools == "llama3_json":
+        return f'{{"name": "{name}", "parameters": ' if name else '{"name": "'
+    if tools == "chatglm3" and name:
+        return f"{name}\n```python\ntool_call("
+    return ""
+
+
 def partial_suffix(text: str, marker: str) -> int:
     """Length of the longest end of `text` that begins `marker` (text to hold back while it may form)."""
     for k in range(min(len(marker) - 1, len(text)), 0, -1):
