@@ -188,8 +188,10 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
 
 
 def reply_for(hub: Hub):
-    """`bot_reply` in the Chat tab's input order (the Thinking switch before the sampling controls)."""
-    def reply(session: ChatSession, model_id: str, system: str, thinking: bool, *controls):
+    """`bot_reply` in the Chat tab's input order: the Thinking switch comes last, so API clients that send
+    only the sampling controls get its default."""
+    def reply(session: ChatSession, model_id: str, system: str, *controls_and_thinking):
+        *controls, thinking = controls_and_thinking
         yield from bot_reply(hub, session, model_id, system, *controls, thinking=thinking)
     return reply
 

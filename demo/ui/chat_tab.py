@@ -43,7 +43,7 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
             greedy = gr.Checkbox(defaults.greedy, label="greedy")
     controls = [custom, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy]
 
-    reply_io = dict(fn=h.reply_for(hub), inputs=[session, model, system, thinking, *controls],
+    reply_io = dict(fn=h.reply_for(hub), inputs=[session, model, system, *controls, thinking],
                     outputs=[session, chatbot, status])
     append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
                      outputs=[message, session, chatbot, status],
