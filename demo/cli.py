@@ -325,12 +325,28 @@ def cmd_generate(args) -> int:
         if not args.json:
             print(last.delta, end="", flush=True)
     if args.json:
-        print(json.dumps({"prompt_ids": last.prompt_ids, "output_ids": last.output_ids, "text": last.text,
-                          "finish_reason": last.finish_reason, "error": last.error,
-                          "stats": asdict(last.stats)}, ensure_ascii=False))
+        result = {"prompt_ids": last.prompt_ids, "output_ids": last.output_ids, "text": last.text,
+                  "finish_reason": last.finish_reason, "error": last.error, "stats": asdict(last.stats)}
+        if not args.input_ids:
+            result.update(split_reply(loaded, messages, chat, last))
+        print(json.dumps(result, ensure_ascii=False))
     else:
         print(f"\n[{last.finish_reason}; {last.stats.summary()}]", file=sys.stderr)
     return 1 if last.finish_reason == "error" else 0
+
+
+def split_reply(loaded, messages, chat, last) -> dict:
+    """The reply's reasoning, answer and tool calls, as the family's parser reads its text."""
+    from adapters.tools import tool_names
+
+    from .replies import reply_parser
+
+    parser = reply_parser(loaded, messages, chat, tool_names(chat.tools))
+    if parser is None:
+        return {}
+    whole = parser.feed(last.text).add(parser.finish())
+    return {"reasoning": whole.reasoning, "content": whole.content,
+            "tool_calls": [call.openai() for call in whole.tool_calls]}
 
 
 def cmd_chat(args) -> int:

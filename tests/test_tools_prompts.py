@@ -238,3 +238,18 @@ def test_template_kwargs_must_be_an_object_of_free_variables(qwen3, capsys, tmp_
     assert "JSON object" in run_error(capsys, "prompt", folder, "--messages", messages, "--template-kwargs", "[1]")
     assert "add_generation_prompt cannot be set" in run_error(
         capsys, "prompt", folder, "--messages", messages, "--template-kwargs", '{"add_generation_prompt": false}')
+
+
+def test_cli_generate_splits_reasoning_and_tool_calls(capsys, tmp_path):
+    """The tiny scripted Qwen3 (tests/tiny.py): thinking on it reasons then answers; off, it calls a tool."""
+    from tests.tiny import make_scripted_qwen3
+
+    folder = make_scripted_qwen3(tmp_path / "qwen3")
+    tools = write_json(tmp_path / "tools.json", [{"type": "function", "function": {"name": "get_weather"}}])
+    common = ["generate", folder, "--prompt", "Hello", "--greedy", "--json", "--max-new-tokens", "24"]
+    out = run_json(capsys, *common)
+    assert (out["reasoning"], out["content"], out["tool_calls"]) == ("Hmm", "Hi", [])
+    out = run_json(capsys, *common, "--tools", tools, "--template-kwargs", '{"enable_thinking": false}')
+    (call,) = out["tool_calls"]
+    assert (out["content"], call["function"]["name"], json.loads(call["function"]["arguments"])) == \
+        ("", "get_weather", {"q": 7})
