@@ -59,3 +59,41 @@ def test_switch_is_off_and_says_why_for_a_template_without_a_thinking_variable(h
     on, off = chat.thinking_switch(hub, "qwen3"), chat.thinking_switch(hub, "llama")
     assert on["interactive"] is True and "enable_thinking" in on["info"]
     assert off["interactive"] is False and off["info"] == NO_SWITCH and off["value"] is False
+
+
+def last(generator):
+    out = None
+    for out in generator:
+        pass
+    return out
+
+
+def test_compare_shows_each_models_thinking_apart(hub):
+    from demo.ui import compare_handlers as compare
+
+    session = compare.new_session()
+    compare.user_message(hub, "Hello", ["qwen3", "llama"], session)
+    session, *views, _ = last(compare.reply(hub, session, False, 0.7, 0.9, 50, 1.0, 8, -1, True))
+    qwen3, llama = views[0], views[1]
+    assert qwen3[1]["metadata"]["title"] == "Thinking" and qwen3[1]["metadata"]["status"] == "done"
+    assert (qwen3[1]["content"], qwen3[2]["content"]) == ("Hmm", "Hi")
+    assert all("metadata" not in m for m in llama)  # a model without reasoning shows its answer only
+    assert compare.for_model(session.turns["qwen3"])[-1] == {"role": "assistant", "content": "Hi",
+                                                             "reasoning_content": "Hmm"}
+
+
+def test_arena_judges_see_thinking_collapsed_and_votes_keep_it_apart(hub):
+    from demo.ui import arena_handlers as arena
+
+    hub.available_ids = lambda: ["qwen3", "llama"]
+    session = arena.new_session()
+    arena.user_message(hub, "Hello", session)
+    session, chat_a, chat_b, _ = last(arena.reply(hub, session))
+    side = session.round.models.index("qwen3")
+    view = (chat_a, chat_b)[side]["value"]
+    assert view[1]["metadata"] == {"title": "Thinking", "status": "done"} and view[2]["content"] == "Hi"
+    assert session.round.conversations[side][-1] == {"role": "assistant", "content": "Hi", "reasoning_content": "Hmm"}
+    arena.vote(hub, session, "a")
+    stored = hub.votes.votes()[-1]
+    conversation = (stored.conversation_a, stored.conversation_b)[side]
+    assert conversation[-1] == {"role": "assistant", "content": "Hi", "reasoning_content": "Hmm"}

@@ -12,6 +12,7 @@ import gradio as gr
 from ..compare import MAX_MODELS, Comparison, Pane, own_defaults, shared_settings
 from ..hub import Hub
 from .chat_handlers import MAX_MESSAGE_CHARS, sampling
+from .thinking import reply_view
 
 MIN_MODELS = 2
 # Screen updates per pane: 4 Chatbots re-rendered 10 times a second kept a small CPU's browser too busy to
@@ -55,14 +56,21 @@ def check_models(hub: Hub, ids) -> str:
 
 
 def for_model(turns: list[dict]) -> list[dict]:
-    """What the model sees: roles and contents, without failed (empty) replies."""
-    return [{"role": t["role"], "content": t["content"]} for t in turns
+    """What the model sees: roles and contents (reasoning apart), without failed (empty) replies."""
+    return [{"role": t["role"], "content": t["content"],
+             **({"reasoning_content": t["reasoning"]} if t.get("reasoning") else {})} for t in turns
             if t["role"] == "user" or t["content"]]
 
 
 def displayed(turns: list[dict]) -> list[dict]:
-    return [{"role": t["role"], "content": t["content"] or (f"⚠️ {t['error']}" if t.get("error") else "…")}
-            for t in turns]
+    view = []
+    for t in turns:
+        answer = t["content"] or (f"⚠️ {t['error']}" if t.get("error") else "" if t.get("reasoning") else "…")
+        if t["role"] == "assistant":
+            view += reply_view(answer, t.get("reasoning", ""), t.get("thinking_s"), t.get("done"))
+        else:
+            view.append({"role": t["role"], "content": answer})
+    return view
 
 
 def pane_view(session: CompareSession, index: int, live: Pane | None = None):
@@ -72,7 +80,8 @@ def pane_view(session: CompareSession, index: int, live: Pane | None = None):
     model = session.models[index]
     turns = list(session.turns[model])
     if live is not None:
-        turns.append({"role": "assistant", "content": live.text,
+        turns.append({"role": "assistant", "content": live.text, "reasoning": live.reasoning,
+                      "thinking_s": live.thinking_s, "done": live.thinking_s is not None or live.finished,
                       "error": live.error if live.finish_reason == "error" else None})
         return displayed(turns), live.footer()
     return displayed(turns), session.footers.get(model, "")
@@ -138,7 +147,8 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls):
     if session.comparison is not comparison:  # replaced meanwhile (Regenerate, a new message): not ours to keep
         return
     for model, pane in zip(models, panes):  # reached only when every pane finished
-        session.turns[model].append({"role": "assistant", "content": pane.text,
+        session.turns[model].append({"role": "assistant", "content": pane.text, "reasoning": pane.reasoning,
+                                     "thinking_s": pane.thinking_s, "done": True,
                                      "error": pane.error if pane.finish_reason == "error" else None})
         session.footers[model] = pane.footer()
     yield session, *views(session), ""

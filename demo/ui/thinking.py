@@ -8,12 +8,19 @@ from adapters.base import NO_OPTIONS, ChatOptions
 NO_SWITCH = "This model's chat template has no thinking switch."
 
 
-def thinking_block(reasoning: str, thinking_s: float | None) -> dict:
+def thinking_block(reasoning: str, thinking_s: float | None, done: bool | None = None) -> dict:
     """The reasoning as a "Thinking" block: pending (open) while it streams, done (closed) with its duration."""
-    metadata = {"title": "Thinking", "status": "pending" if thinking_s is None else "done"}
+    done = thinking_s is not None if done is None else done
+    metadata = {"title": "Thinking", "status": "done" if done else "pending"}
     if thinking_s is not None:
         metadata["duration"] = round(thinking_s, 1)
     return {"role": "assistant", "content": reasoning, "metadata": metadata}
+
+
+def reply_view(answer: str, reasoning: str = "", thinking_s: float | None = None, done: bool | None = None) -> list[dict]:
+    """A reply as Chatbot messages: its Thinking block (if it reasoned), then its answer."""
+    block = [thinking_block(reasoning, thinking_s, done)] if reasoning else []
+    return block + [{"role": "assistant", "content": answer}]
 
 
 def tool_call_blocks(calls) -> list[dict]:
