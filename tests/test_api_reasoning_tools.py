@@ -125,6 +125,7 @@ def test_tool_results_go_back_in(client):
     ({"messages": [*HI, {"role": "tool", "tool_call_id": "x", "content": "21"}]}, "messages[1]"),
     ({"model": "llama", "tools": [WEATHER]}, "tools"),
     ({"extra_body": {"chat_template_kwargs": {"tokenize": True}}}, "chat_template_kwargs"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
 ])
 def test_bad_tool_requests_are_400_naming_the_field(client, request_args, param):
     args = {"model": "qwen3", "messages": HI, **request_args}
