@@ -176,7 +176,7 @@ async def _chat(hub: Hub, request: Request):
     parser = reply_parser(loaded, messages, chat, tool_names(chat.tools) if choice != "none" else None)
     params = loaded.defaults.override(body.sampling())
     cancel = CancelToken()
-    stream = stream_chat(loaded, messages, params, cancel, chat=chat)
+    stream = stream_chat(loaded, messages, params, cancel, chat=chat, **_constraint(body, loaded))
     pump = _Pump(stream, cancel, lambda last: hub.metrics.finished(body.model, last, client))
     # Until the response streams, a client that leaves (also while waiting for the model) cancels here.
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
@@ -200,10 +200,6 @@ async def _chat(hub: Hub, request: Request):
 
 def _checked_tools(body: ChatRequest) -> tuple[list[dict], list[dict] | None, str | None]:
     """Messages, tools and tool_choice ("none", "auto", "required" or a function's name), checked: 400 names the field."""
-    kind = (body.response_format or {}).get("type", "text")
-    if kind != "text":  # refused rather than ignored: an unconstrained reply would not be the JSON asked for
-        raise ApiError(400, f"response_format: {kind!r} is not supported by this hub yet (constrained decoding "
-                            f"is not built); send 'text'", param="response_format")
     messages = body.plain_messages()
     try:
         validate_messages(messages)
@@ -258,6 +254,25 @@ def _chat_options(body: ChatRequest, loaded, tools, choice) -> ChatOptions:
     except AdapterError as e:
         raise ApiError(400, str(e), param="chat_template_kwargs") from None
     return chat
+
+
+def _constraint(body: ChatRequest, loaded) -> dict:
+    """response_format json_object / json_schema as the engine's logits processor (demo/structured.py)."""
+    kind = (body.response_format or {}).get("type", "text")
+    if kind == "text":
+        return {}
+    if getattr(loaded, "model", None) is None:
+        raise ApiError(400, f"response_format: the model `{body.model}` is served elsewhere; the hub cannot "
+                            f"constrain its decoding", param="response_format")
+    from .structured import ConstraintError, json_constraint
+
+    try:
+        processor = json_constraint(loaded.tokenizer, body.response_format,
+                                    loaded.adapter.stop_token_ids(loaded.tokenizer, loaded.extra_stop_ids),
+                                    loaded.model.get_output_embeddings().weight.shape[0])
+    except ConstraintError as e:
+        raise ApiError(400, str(e), param="response_format") from None
+    return {"logits_processors": [processor]}
 
 
 async def _parse(request: Request) -> ChatRequest:

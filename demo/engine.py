@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList,
+                          TextIteratorStreamer)
 
 from adapters.base import NO_OPTIONS, AdapterError, ChatOptions, ContextTooLong
 
@@ -138,15 +139,17 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
 def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: GenerationParams,
                cancel: CancelToken | None = None, stop_ids: Sequence[int] | None = None,
                stop_strings: Sequence[str] = (), stall_timeout_s: float = 120.0,
-               timeout_s: float | None = None) -> Iterator[Chunk]:
+               timeout_s: float | None = None, logits_processors: Sequence = ()) -> Iterator[Chunk]:
     """Stream a continuation of `input_ids`; the last chunk has finish_reason and full stats.
 
     `timeout_s` defaults to the hub's generation timeout; a full wait line answers busy at once.
+    `logits_processors` (e.g. demo/structured.py's grammar) run in `generate`, so such a request skips the
+    batched loop.
     """
     cancel = cancel or CancelToken()
     timeout_s = timeout_s if timeout_s is not None else loaded.limits.generation_timeout_s
     yield from _admitted(loaded, lambda: _stream_locked(
-        loaded, input_ids, params, cancel, stop_ids, stop_strings, stall_timeout_s, timeout_s))
+        loaded, input_ids, params, cancel, stop_ids, stop_strings, stall_timeout_s, timeout_s, logits_processors))
 
 
 def _admitted(loaded, start) -> Iterator[Chunk]:
@@ -163,12 +166,12 @@ def _admitted(loaded, start) -> Iterator[Chunk]:
 
 
 def _stream_locked(loaded, input_ids, params, cancel, stop_ids, stop_strings, stall_timeout_s,
-                   timeout_s) -> Iterator[Chunk]:
+                   timeout_s, logits_processors=()) -> Iterator[Chunk]:
     stop_ids = list(stop_ids if stop_ids is not None else loaded.adapter.stop_token_ids(
         loaded.tokenizer, loaded.extra_stop_ids))
     stats = Stats(prompt_tokens=len(input_ids))
     queued = time.perf_counter()
-    batcher = batcher_for(loaded)
+    batcher = batcher_for(loaded) if not logits_processors else None
     if batcher is not None:  # no lock: the loop serves every request of this model together
         run = _Run(loaded, list(input_ids), params, cancel, stop_ids, stop_strings, stats, batcher)
         yield from run.stream(stall_timeout_s, timeout_s)
@@ -179,6 +182,7 @@ def _stream_locked(loaded, input_ids, params, cancel, stop_ids, stop_strings, st
     try:
         stats.queue_s = time.perf_counter() - queued
         run = _Run(loaded, list(input_ids), params, cancel, stop_ids, stop_strings, stats)
+        run.logits_processors = list(logits_processors)
         yield from run.stream(stall_timeout_s, timeout_s)
     finally:
         loaded.lock.release()
@@ -239,7 +243,7 @@ class _Run:
             tensor = torch.tensor([self.input_ids], device=self.loaded.device)
             self.loaded.model.generate(
                 input_ids=tensor, attention_mask=torch.ones_like(tensor), streamer=self.streamer,
-                generation_config=self._config(),
+                generation_config=self._config(), logits_processor=LogitsProcessorList(self.logits_processors),
                 stopping_criteria=StoppingCriteriaList([_CancelCriteria(self.cancel, self.halt)]))
         except BaseException as e:  # reported to the consumer as finish_reason "error"
             self.failure = e
@@ -318,6 +322,7 @@ class _Run:
     _tail = ""
     code: str | None = None
     ticket = None
+    logits_processors: list = []  # set per run (structured output); empty: plain sampling
 
     def _accept(self, ids: list[int], now: float) -> str:
         if self.stats.ttft_s is None:

@@ -125,7 +125,8 @@ def test_tool_results_go_back_in(client):
     ({"messages": [*HI, {"role": "tool", "tool_call_id": "x", "content": "21"}]}, "messages[1]"),
     ({"model": "llama", "tools": [WEATHER]}, "tools"),
     ({"extra_body": {"chat_template_kwargs": {"tokenize": True}}}, "chat_template_kwargs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "string", "pattern": "(?<=a)b"}}}}, "response_format"),
 ])
 def test_bad_tool_requests_are_400_naming_the_field(client, request_args, param):
     args = {"model": "qwen3", "messages": HI, **request_args}
@@ -136,3 +137,21 @@ def test_bad_tool_requests_are_400_naming_the_field(client, request_args, param)
     if args["model"] == "llama":
         assert "`llama` cannot take tools" in caught.value.body["message"]
     assert client.chat.completions.create(model="qwen3", messages=HI).choices[0].message.content == "Hi"
+
+
+UNIT = {"type": "object", "properties": {"unit": {"enum": ["C", "F"]}, "ok": {"type": "boolean"}},
+        "required": ["unit", "ok"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_format_json_schema_constrains_the_reply(client, stream):
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "unit", "schema": UNIT}}
+    args = dict(model="qwen3", messages=HI, response_format=fmt, extra_body=NO_THINKING)
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**args, stream=True)
+                       if c.choices)
+    else:
+        text = client.chat.completions.create(**args).choices[0].message.content
+    jsonschema.validate(json.loads(text), UNIT)  # the scripted model alone would write a <tool_call>
