@@ -69,7 +69,8 @@ def test_schema_reply_parses_and_validates(smollm, name):
                                 smollm.model.get_output_embeddings().weight.shape[0])
     messages = [{"role": "user", "content": f"Reply with a JSON value for '{name}'."}]
     params = smollm.defaults.override({"greedy": True, "max_new_tokens": 96})
-    chunks = list(stream_chat(smollm, messages, params, logits_processors=[processor]))
+    # a bound against hangs only: two shared cores under load can take minutes for 96 tokens
+    chunks = list(stream_chat(smollm, messages, params, logits_processors=[processor], timeout_s=900))
     last = chunks[-1]
     assert last.finish_reason == "stop", (name, last.text, last.error)
     assert "".join(c.delta for c in chunks) == last.text
