@@ -1,7 +1,7 @@
 """Baichuan2-7B/13B-Chat: upstream `build_chat_input` (user 195 / assistant 196 tokens, no separators)."""
 from __future__ import annotations
 
-from .base import AdapterError, ChatAdapter, Prompt, validate_messages
+from .base import NO_OPTIONS, AdapterError, ChatAdapter, Prompt, validate_messages
 from .files import local_folder
 from .native import NativeLoading
 from .spm import load_sentencepiece
@@ -25,13 +25,15 @@ class Baichuan2Adapter(NativeLoading, ChatAdapter):
         return load_sentencepiece(local_folder(weights), unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                   pad_token="<unk>")
 
-    def build_prompt(self, tokenizer, messages, context_length=None, max_new_tokens=None, extra_stop_ids=()):
+    def build_prompt(self, tokenizer, messages, context_length=None, max_new_tokens=None, extra_stop_ids=(),
+                     options=NO_OPTIONS):
         """Whole rounds kept newest first within model_max_length - max_new_tokens, as upstream.
 
         Upstream then cuts the ids from the left, which can cut the system prompt; here the cut falls on
         the history instead, so the system prompt stays.
         """
         validate_messages(messages)
+        self.check_options(tokenizer, messages, options)
         if any(m["role"] == "system" for m in messages[1:]):
             raise AdapterError("Baichuan2 takes one system message, first")
         system = self.text(tokenizer, messages[0]["content"]) if messages[0]["role"] == "system" else []

@@ -8,9 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .errors import AdapterError, ContextTooLong  # noqa: F401  (raised by the families; imported from here too)
-
-Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+Message = dict  # {"role": "system"|"user"|"assistant"|"tool", "content": str, ...} (see adapters/tools.py)
 
 
 @dataclass
@@ -25,6 +23,18 @@ class Prompt:
 
     def text(self, tokenizer) -> str:
         return tokenizer.decode(self.input_ids, skip_special_tokens=False)
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """What a request adds to its messages: tool definitions and chat-template variables."""
+
+    tools: list[dict] | None = None  # OpenAI function tools, checked by adapters.tools.check_tools
+    template_kwargs: dict = field(default_factory=dict)  # e.g. {"enable_thinking": False}
+    reply_prefix: str = ""  # reply text the prompt writes for the model (a forced tool call's opening)
+
+
+NO_OPTIONS = ChatOptions()
 
 
 class ChatAdapter:
@@ -56,7 +66,42 @@ class ChatAdapter:
 
     # -- prompt -------------------------------------------------------------------------------
     def build_ids(self, tokenizer, messages: Sequence[Message]) -> list[int]:
+        """Prompt ids; a family that takes tools or template variables adds an `options` argument."""
         raise NotImplementedError
+
+    def takes_tools(self, tokenizer) -> bool:
+        """Whether this family (with this tokenizer's template) renders tool definitions and tool turns."""
+        return False
+
+    def thinking_variable(self, tokenizer) -> str | None:
+        """The chat-template variable that switches reasoning on and off (None: there is none)."""
+        return None
+
+    def reply_format(self, tokenizer):
+        """How this family's replies hold reasoning and tool calls (adapters.replyparse)."""
+        from .replyparse import ReplyFormat
+
+        return ReplyFormat()
+
+    def opens_thinking(self, tokenizer, messages: Sequence[Message], options: "ChatOptions") -> bool:
+        """Whether the prompt itself opens <think>, so the reply starts inside its reasoning."""
+        return False
+
+    def check_options(self, tokenizer, messages: Sequence[Message], options: ChatOptions) -> None:
+        """Refuse tools (definitions or tool turns) where the family cannot render them."""
+        uses_tools = options.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
+        if uses_tools and not self.takes_tools(tokenizer):
+            raise AdapterError(f"the {self.family} family's prompt format has no tool calls; "
+                               f"send no tools or tool turns to this model")
+
+    def prefix_ids(self, tokenizer, prefix: str) -> list[int]:
+        """The hub's own reply opening (markers included, so they are control ids where the vocabulary has them)."""
+        return tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+
+    def ids_for(self, tokenizer, messages: Sequence[Message], options: ChatOptions) -> list[int]:
+        if options == NO_OPTIONS:
+            return self.build_ids(tokenizer, messages)
+        return self.build_ids(tokenizer, messages, options)
 
     def with_default_system(self, messages: Sequence[Message]) -> list[Message]:
         messages = [dict(m) for m in messages]
@@ -65,13 +110,15 @@ class ChatAdapter:
         return messages
 
     def build_prompt(self, tokenizer, messages: Sequence[Message], context_length: int | None = None,
-                     max_new_tokens: int | None = None, extra_stop_ids: Sequence[int] = ()) -> Prompt:
+                     max_new_tokens: int | None = None, extra_stop_ids: Sequence[int] = (),
+                     options: ChatOptions = NO_OPTIONS) -> Prompt:
         """Prompt ids for `messages`, dropping whole oldest turns only when no room is left for a reply."""
         validate_messages(messages)
+        self.check_options(tokenizer, messages, options)
         messages = self.with_default_system(messages)
         dropped = 0
         while True:
-            ids = self.build_ids(tokenizer, messages)
+            ids = self.ids_for(tokenizer, messages, options) + self.prefix_ids(tokenizer, options.reply_prefix)
             budget = max_new_tokens
             if context_length:
                 room = context_length - len(ids)
@@ -146,15 +193,29 @@ def unique(ids) -> list[int]:
 
 
 def validate_messages(messages: Sequence[Message]) -> None:
+    from .tools import check_tool_turns
+
     if not messages:
         raise AdapterError("the conversation is empty")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise AdapterError(f"message {i}: expected an object with 'role' and 'content', got {m!r}")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise AdapterError(f"message {i}: unknown role {m['role']!r} (system, user or assistant)")
+        if m["role"] not in MESSAGE_KEYS:
+            raise AdapterError(f"message {i}: unknown role {m['role']!r} (system, user, assistant or tool)")
+        if set(m) - MESSAGE_KEYS[m["role"]]:
+            raise AdapterError(f"message {i}: unexpected keys {sorted(set(m) - MESSAGE_KEYS[m['role']])} "
+                               f"in a {m['role']} message")
         if not isinstance(m["content"], str):
             raise AdapterError(f"message {i}: content must be text")
+        if not isinstance(m.get("reasoning_content") or "", str):
+            raise AdapterError(f"message {i}: reasoning_content must be text")
+    check_tool_turns(messages)
+
+
+# Keys each role may carry: an assistant turn its tool calls and reasoning, a tool turn the call it answers.
+MESSAGE_KEYS = {"system": {"role", "content"}, "user": {"role", "content"},
+                "assistant": {"role", "content", "tool_calls", "reasoning_content"},
+                "tool": {"role", "content", "tool_call_id", "name"}}
 
 
 def reply_budget(prompt_len: int, context_length: int | None, max_new_tokens: int | None) -> int | None:

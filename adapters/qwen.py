@@ -1,7 +1,7 @@
 """Qwen: Qwen1 (Qwen-7B/14B/72B-Chat, upstream `make_context`) and Qwen1.5 / 2 / 2.5 / 3 (chat template)."""
 from __future__ import annotations
 
-from .base import AdapterError, ChatAdapter, Prompt, reply_budget, validate_messages
+from .base import NO_OPTIONS, AdapterError, ChatAdapter, Prompt, reply_budget, validate_messages
 from .files import local_folder
 from .native import NativeLoading
 from .generic import TemplateAdapter
@@ -49,9 +49,11 @@ class Qwen1Adapter(NativeLoading, ChatAdapter):
         return ([self.special(tokenizer, "<|im_start|>")] + self.text(tokenizer, role) + self.text(tokenizer, "\n")
                 + self.text(tokenizer, content) + [self.special(tokenizer, "<|im_end|>")])
 
-    def build_prompt(self, tokenizer, messages, context_length=None, max_new_tokens=None, extra_stop_ids=()):
+    def build_prompt(self, tokenizer, messages, context_length=None, max_new_tokens=None, extra_stop_ids=(),
+                     options=NO_OPTIONS):
         """make_context: history rounds are kept newest first while the prompt stays under max_window_size."""
         validate_messages(messages)
+        self.check_options(tokenizer, messages, options)
         system, rounds, query = split_rounds(self.with_default_system(messages))
         newline = self.text(tokenizer, "\n")
         system_ids = self.turn(tokenizer, "system", system)

@@ -17,7 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adapters.base import AdapterError, ChatOptions, validate_messages
+from adapters.replyparse import ReplyDelta, forced_call_prefix
+from adapters.tools import ToolError, check_tools, tool_names
+
 from .engine import CancelToken, Chunk, stream_chat
+from .replies import reasoning_tokens, reply_parser
 from .hub import Hub, client_address, login_keys
 from .limits import BUSY, RATE_LIMITED, REMOTE_ERROR, SHUTTING_DOWN, TIMEOUT, LimitError, is_text
 from .manager import UNAVAILABLE, ModelLoadError
@@ -59,6 +64,22 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant"]
     content: Union[str, list[dict], None] = ""
+    tool_calls: Optional[list[dict]] = None  # assistant
+    tool_call_id: Optional[str] = None  # tool
+    name: Optional[str] = None
+    reasoning_content: Optional[str] = None  # assistant: a reasoning model's thinking, sent back
+
+    def plain(self) -> dict:
+        """The message as the adapters take it (adapters/tools.py checks the tool parts)."""
+        role = "system" if self.role == "developer" else self.role
+        message = {"role": role, "content": text_of(self.content)}
+        if role == "assistant" and self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if role == "assistant" and self.reasoning_content:
+            message["reasoning_content"] = self.reasoning_content
+        if role == "tool":
+            message.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v})
+        return message
 
     @model_validator(mode="after")
     def _content_needed(self):
@@ -83,6 +104,11 @@ class ChatRequest(BaseModel):
     stop: Union[str, list[str], None] = None
     n: int = Field(1, ge=1, le=1)
     stream_options: Optional[dict] = None
+    tools: Optional[list] = None
+    tool_choice: Union[str, dict, None] = None
+    chat_template_kwargs: Optional[dict] = None
+    reasoning_effort: Optional[str] = None
+    response_format: Optional[dict] = None
 
     @field_validator("temperature")
     @classmethod
@@ -101,8 +127,7 @@ class ChatRequest(BaseModel):
         return stops
 
     def plain_messages(self) -> list[dict]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": text_of(m.content)}
-                for m in self.messages]
+        return [m.plain() for m in self.messages]
 
     def sampling(self) -> dict:
         values: dict[str, Any] = {"max_new_tokens": self.max_completion_tokens or self.max_tokens,
@@ -199,10 +224,13 @@ async def _chat(hub: Hub, request: Request):
     except LimitError as e:
         hub.metrics.count(body.model, e.code)
         raise ApiError(429, str(e), "rate_limit_error", e.code, retry_after_s=e.retry_after_s) from None
+    messages, tools, choice = _checked_tools(body)
     loaded = await _load(hub, body.model)
+    chat = _chat_options(body, loaded, tools, choice)
+    parser = reply_parser(loaded, messages, chat, tool_names(chat.tools) if choice != "none" else None)
     params = loaded.defaults.override(body.sampling())
     cancel = CancelToken()
-    stream = stream_chat(loaded, body.plain_messages(), params, cancel)
+    stream = stream_chat(loaded, messages, params, cancel, chat=chat, **_constraint(body, loaded))
     pump = _Pump(stream, cancel, lambda last: hub.metrics.finished(body.model, last, client))
     # Until the response streams, a client that leaves (also while waiting for the model) cancels here.
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
@@ -210,7 +238,7 @@ async def _chat(hub: Hub, request: Request):
         first = await pump.next()
         if first.finish_reason == "error" and not first.text:
             raise chunk_error(first)
-        reply = _Reply(body.model)
+        reply = _Reply(body.model, parser, chat.reply_prefix, getattr(loaded, "tokenizer", None))
         if body.stream:
             watcher.cancel()  # from here Starlette notices the disconnect and closes reply.sse
             usage = bool((body.stream_options or {}).get("include_usage"))
@@ -222,6 +250,90 @@ async def _chat(hub: Hub, request: Request):
     if last.finish_reason == "error":
         raise chunk_error(last)
     return reply.completion(last)
+
+
+def _checked_tools(body: ChatRequest) -> tuple[list[dict], list[dict] | None, str | None]:
+    """Messages, tools and tool_choice ("none", "auto", "required" or a function's name), checked: 400 names the field."""
+    messages = body.plain_messages()
+    try:
+        validate_messages(messages)
+        tools = check_tools(body.tools) if body.tools is not None else None
+    except ToolError as e:
+        raise ApiError(400, str(e), param=e.param) from None
+    except AdapterError as e:
+        raise ApiError(400, str(e), param="messages") from None
+    choice = body.tool_choice
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name") if choice.get("type") == "function" else None
+        if not isinstance(name, str):
+            raise ApiError(400, 'tool_choice: expected {"type": "function", "function": {"name": ...}}',
+                           param="tool_choice")
+        if name not in tool_names(tools):
+            raise ApiError(400, f"tool_choice: no function {name!r} among the tools ({tool_names(tools)})",
+                           param="tool_choice.function.name")
+        return messages, tools, name
+    if choice not in (None, "none", "auto", "required"):
+        raise ApiError(400, f"tool_choice: {choice!r} is not none, auto, required or a named function",
+                       param="tool_choice")
+    if choice == "required" and not tools:
+        raise ApiError(400, "tool_choice: 'required' needs tools", param="tool_choice")
+    return messages, tools, choice
+
+
+def _chat_options(body: ChatRequest, loaded, tools, choice) -> ChatOptions:
+    """Tools as tool_choice has them, template variables, reasoning_effort "none": what the prompt is built with."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    adapter, tokenizer = getattr(loaded, "adapter", None), getattr(loaded, "tokenizer", None)
+    if body.reasoning_effort is not None and body.reasoning_effort not in ("none", "minimal", "low", "medium", "high"):
+        raise ApiError(400, f"reasoning_effort: {body.reasoning_effort!r} is not none, minimal, low, medium or high",
+                       param="reasoning_effort")
+    variable = adapter.thinking_variable(tokenizer) if adapter is not None else None
+    if body.reasoning_effort == "none" and variable:
+        kwargs.setdefault(variable, False)
+    if choice == "none":
+        tools = None
+    if tools and (adapter is None or not adapter.takes_tools(tokenizer)):
+        family = f"its family, {adapter.family}," if adapter is not None else "it is served elsewhere and"
+        raise ApiError(400, f"the model `{body.model}` cannot take tools: {family} has no tool-call format",
+                       param="tools")
+    prefix = ""
+    if tools and choice not in (None, "auto"):
+        fmt = adapter.reply_format(tokenizer).tools
+        prefix = forced_call_prefix(fmt, None if choice == "required" else choice)
+    from adapters.generic import template_variables
+
+    chat = ChatOptions(tools=tools, template_kwargs=kwargs, reply_prefix=prefix)
+    try:
+        template_variables(chat)
+    except AdapterError as e:
+        raise ApiError(400, str(e), param="chat_template_kwargs") from None
+    return chat
+
+
+def _constraint(body: ChatRequest, loaded) -> dict:
+    """response_format json_object / json_schema as the engine's logits processor (demo/structured.py)."""
+    kind = (body.response_format or {}).get("type", "text")
+    if kind == "text":
+        return {}
+    if not loaded.backend.capabilities.logits_processors:
+        raise ApiError(400, f"response_format: the model `{body.model}` is served elsewhere; the hub cannot "
+                            f"constrain its decoding", param="response_format")
+    from .structured import ConstraintError, json_constraint
+
+    try:
+        processor = json_constraint(loaded.tokenizer, body.response_format,
+                                    loaded.adapter.stop_token_ids(loaded.tokenizer, loaded.extra_stop_ids),
+                                    vocab_size(loaded))
+    except ConstraintError as e:
+        raise ApiError(400, str(e), param="response_format") from None
+    return {"logits_processors": [processor]}
+
+
+def vocab_size(loaded) -> int:
+    """The width of the model's next-token scores: its output layer's, else (llama.cpp) the tokenizer's."""
+    if getattr(loaded, "model", None) is not None:
+        return loaded.model.get_output_embeddings().weight.shape[0]
+    return len(loaded.tokenizer)
 
 
 async def _parse(request: Request) -> ChatRequest:
@@ -342,15 +454,50 @@ async def _cancel_on_disconnect(request: Request, cancel: CancelToken) -> None:
 
 
 class _Reply:
-    def __init__(self, model: str):
-        self.model = model
+    """One completion's answer: the engine's text split by the family's parser into reasoning, content, calls."""
+
+    def __init__(self, model: str, parser=None, prefix: str = "", tokenizer=None):
+        self.model, self.parser, self.tokenizer = model, parser, tokenizer
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.calls = 0
+        if parser is not None and prefix:
+            parser.feed(prefix)  # a forced call's opening: the prompt wrote it, the parser reads it as the reply's
+
+    def split(self, chunk: Chunk) -> ReplyDelta:
+        if self.parser is None:
+            return ReplyDelta(content=chunk.delta)
+        delta = self.parser.feed(chunk.delta)
+        return delta.add(self.parser.finish()) if chunk.finish_reason else delta
 
     def completion(self, last: Chunk) -> dict:
+        whole = self.split(Chunk(last.text, last.text, last.stats, last.finish_reason or "stop"))
+        message = {"role": "assistant", "content": whole.content or (None if whole.tool_calls else ""),
+                   "reasoning_content": whole.reasoning or None}
+        if whole.tool_calls:
+            message["tool_calls"] = [c.openai() for c in whole.tool_calls]
+        self.calls = len(whole.tool_calls)
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": last.text},
-                             "finish_reason": finish_of(last), "logprobs": None}],
-                "usage": usage_of(last)}
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_of(last),
+                             "logprobs": None}],
+                "usage": self.usage_of(last)}
+
+    def finish_of(self, chunk: Chunk) -> str:
+        return "tool_calls" if self.calls and chunk.finish_reason != "length" else finish_of(chunk)
+
+    def usage_of(self, chunk: Chunk) -> dict:
+        usage = usage_of(chunk)
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": reasoning_tokens(chunk.output_ids, self.tokenizer, self.parser)}
+        return usage
+
+    def deltas(self, delta: ReplyDelta) -> list[dict]:
+        """OpenAI stream deltas: reasoning_content (as vLLM and DeepSeek), content, then each whole call."""
+        out = [{"reasoning_content": delta.reasoning}] if delta.reasoning else []
+        out += [{"content": delta.content}] if delta.content else []
+        for call in delta.tool_calls:
+            out.append({"tool_calls": [{"index": self.calls, **call.openai()}]})
+            self.calls += 1
+        return out
 
     def event(self, delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
@@ -370,15 +517,15 @@ class _Reply:
         try:
             yield self.event({"role": "assistant", "content": ""})
             async for last in pump.chunks(first):
-                if last.delta:
-                    yield self.event({"content": last.delta})
+                for delta in self.deltas(self.split(last)):
+                    yield self.event(delta)
             if last.finish_reason == "error":
                 error = chunk_error(last)
                 yield f"data: {json.dumps({'error': {'message': str(error), 'type': error.type, 'code': error.code}})}\n\n"
                 return
-            yield self.event({}, finish_of(last))
+            yield self.event({}, self.finish_of(last))
             if include_usage:
-                yield self.event(None, usage=usage_of(last))
+                yield self.event(None, usage=self.usage_of(last))
             yield "data: [DONE]\n\n"
         finally:
             pump.cancel.cancel()  # no-op after a normal end; stops the model when the client left

@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(prompt)
     prompt.add_argument("--messages", required=True, help="JSON file: a list of {role, content}")
     prompt.add_argument("--max-new-tokens", type=int, help="reply budget to reserve in the context")
+    add_chat_option_args(prompt)
     prompt.add_argument("--json", action="store_true")
     prompt.set_defaults(run=cmd_prompt)
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", help="one user message")
     source.add_argument("--input-ids", help="raw prompt ids, comma separated (no template applied)")
     add_sampling_args(gen)
+    add_chat_option_args(gen)
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=cmd_generate)
 
@@ -221,6 +223,35 @@ def add_model_args(parser) -> None:
                         help="quantize a full-precision model at load with bitsandbytes")
     parser.add_argument("--engine", choices=["auto", "transformers", "llama.cpp"], default=None,
                         help="the engine to run it on (default: the registry entry's; auto for a folder)")
+
+
+def add_chat_option_args(parser) -> None:
+    parser.add_argument("--tools", metavar="FILE", help="JSON file: a list of OpenAI function tools for the template")
+    parser.add_argument("--template-kwargs", metavar="JSON",
+                        help="chat-template variables as a JSON object, e.g. '{\"enable_thinking\": false}'")
+
+
+def chat_options_of(args):
+    """The --tools file and --template-kwargs object, checked, as the adapters take them."""
+    from adapters.base import ChatOptions
+    from adapters.tools import check_tools
+
+    tools = None
+    if getattr(args, "tools", None):
+        try:
+            tools = json.loads(Path(args.tools).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CliError(f"--tools {args.tools}: cannot read tools: {e}") from None
+        tools = check_tools(tools, "--tools")
+    kwargs = {}
+    if getattr(args, "template_kwargs", None):
+        try:
+            kwargs = json.loads(args.template_kwargs)
+        except ValueError as e:
+            raise CliError(f"--template-kwargs: not JSON: {e}") from None
+        if not isinstance(kwargs, dict):
+            raise CliError("--template-kwargs takes a JSON object, e.g. '{\"enable_thinking\": false}'")
+    return ChatOptions(tools=tools, template_kwargs=kwargs)
 
 
 def add_sampling_args(parser) -> None:
@@ -352,7 +383,7 @@ def cmd_prompt(args) -> int:
 
     entry = entry_for(args)
     loaded = prompt_source(entry, registry_of(args) if entry.base else None)  # LoRA, preset: like its base
-    result = prompt_report(loaded, read_messages(args.messages), args.max_new_tokens)
+    result = prompt_report(loaded, read_messages(args.messages), args.max_new_tokens, chat_options_of(args))
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -364,6 +395,7 @@ def cmd_prompt(args) -> int:
 def cmd_generate(args) -> int:
     from .engine import stream_chat, stream_ids
 
+    chat = chat_options_of(args)  # checked before the weights load
     loaded = load_for(args)
     params = params_of(args, loaded.defaults)
     if args.input_ids:
@@ -374,15 +406,17 @@ def cmd_generate(args) -> int:
         stream = stream_ids(loaded, ids, params)
     else:
         messages = read_messages(args.messages) if args.messages else [{"role": "user", "content": args.prompt}]
-        stream = stream_chat(loaded, messages, params)
+        stream = stream_chat(loaded, messages, params, chat=chat)
     last = None
     for last in stream:
         if not args.json:
             print(last.delta, end="", flush=True)
     if args.json:
-        print(json.dumps({"prompt_ids": last.prompt_ids, "output_ids": last.output_ids, "text": last.text,
-                          "finish_reason": last.finish_reason, "error": last.error,
-                          "stats": asdict(last.stats)}, ensure_ascii=False))
+        result = {"prompt_ids": last.prompt_ids, "output_ids": last.output_ids, "text": last.text,
+                  "finish_reason": last.finish_reason, "error": last.error, "stats": asdict(last.stats)}
+        if not args.input_ids:
+            result.update(split_reply(loaded, messages, chat, last))
+        print(json.dumps(result, ensure_ascii=False))
     else:
         print(f"\n[{last.finish_reason}; {last.stats.summary()}]", file=sys.stderr)
     return 1 if last.finish_reason == "error" else 0
@@ -409,6 +443,20 @@ def cmd_batch(args) -> int:
     print(f"wrote {len(records)} records to {args.out} ({errors} errors); settings in {job.paths.settings}",
           file=sys.stderr)
     return 0
+
+
+def split_reply(loaded, messages, chat, last) -> dict:
+    """The reply's reasoning, answer and tool calls, as the family's parser reads its text."""
+    from adapters.tools import tool_names
+
+    from .replies import reply_parser
+
+    parser = reply_parser(loaded, messages, chat, tool_names(chat.tools))
+    if parser is None:
+        return {}
+    whole = parser.feed(last.text).add(parser.finish())
+    return {"reasoning": whole.reasoning, "content": whole.content,
+            "tool_calls": [call.openai() for call in whole.tool_calls]}
 
 
 def cmd_chat(args) -> int:

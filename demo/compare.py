@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 from .engine import CancelToken, Stats, stream_chat
+from .replies import parse_chunks, reply_parser
 from .loader import LoadedModel
 from .params import GenerationParams
 
@@ -26,13 +27,15 @@ WAITING, LOADING, STREAMING, DONE = "waiting", "loading", "streaming", "done"
 @dataclass
 class Pane:
     model_id: str
-    text: str = ""
+    text: str = ""  # the answer (a reasoning model's thinking is apart, in `reasoning`)
     state: str = WAITING
     finish_reason: str | None = None  # stop | length | cancelled | error
     error: str | None = None
     stats: Stats | None = None
     params: dict = field(default_factory=dict)  # the settings this model generated with
     started: float = field(default_factory=time.perf_counter)
+    reasoning: str = ""
+    thinking_s: float | None = None  # set when the answer starts
 
     @property
     def finished(self) -> bool:
@@ -125,9 +128,14 @@ class Comparison:
                 return
             params = self.params_for(loaded)
             self._update(index, state=STREAMING, params=params.as_dict())
-            for chunk in stream_chat(loaded, messages, params, cancel):
-                self._update(index, text=chunk.text, stats=chunk.stats,
-                             state=DONE if chunk.finish_reason else STREAMING,
+            parser, started = reply_parser(loaded, messages), time.perf_counter()
+            for parsed in parse_chunks(stream_chat(loaded, messages, params, cancel), parser,
+                                       getattr(loaded, "tokenizer", None)):
+                chunk, thinking_s = parsed.chunk, self.panes[index].thinking_s
+                if parsed.reasoning and thinking_s is None and (chunk.finish_reason or not parser.in_reasoning):
+                    thinking_s = time.perf_counter() - started
+                self._update(index, text=parsed.content, reasoning=parsed.reasoning, thinking_s=thinking_s,
+                             stats=chunk.stats, state=DONE if chunk.finish_reason else STREAMING,
                              finish_reason=chunk.finish_reason, error=chunk.error)
             if not self.panes[index].finished:  # a stream that ended without a last chunk
                 self._update(index, state=DONE, finish_reason="error", error="the stream ended early")

@@ -24,7 +24,7 @@ import torch
 from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
                           StoppingCriteriaList, TextIteratorStreamer)
 
-from adapters.base import AdapterError, ContextTooLong
+from adapters.base import NO_OPTIONS, AdapterError, ChatOptions, ContextTooLong
 
 from .limits import (CONTEXT_TOO_LONG, INVALID, SHUTDOWN, SHUTDOWN_MESSAGE, SHUTTING_DOWN, TIMEOUT, LimitError,
                      capped, check_messages, check_params)
@@ -74,8 +74,10 @@ class _IdStreamer(TextIteratorStreamer):
 
 
 def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: GenerationParams | None = None,
-                cancel: CancelToken | None = None, **options) -> Iterator[Chunk]:
-    """Build the family's prompt for `messages` and stream the reply from the model's engine.
+                cancel: CancelToken | None = None, chat: ChatOptions = NO_OPTIONS, logits_processors: Sequence = (),
+                **options) -> Iterator[Chunk]:
+    """Build the family's prompt for `messages` (with `chat`'s tools and template variables) and stream the
+    reply from the model's engine; `logits_processors` (e.g. demo/structured.py's grammar) shape every step.
 
     An engine that takes exact prompt ids gets the adapter's; one that templates messages itself (an
     OpenAI-compatible server) gets the messages. Either streams the same chunks, so callers need no
@@ -91,17 +93,22 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
         return
     backend = loaded.backend
     if not backend.capabilities.exact_prompt_ids:
+        if chat.tools:  # the remote server renders its own prompt; tools are not forwarded to it (yet)
+            yield Chunk("", "", Stats(), "error", f"{loaded.id} is served elsewhere; the hub does not "
+                        f"forward tools to it", code=INVALID)
+            return
         prompt = Prompt(messages=list(messages))
     else:
         try:
             built = loaded.adapter.build_prompt(loaded.tokenizer, messages, loaded.context_length,
-                                                params.max_new_tokens, loaded.extra_stop_ids)
+                                                params.max_new_tokens, loaded.extra_stop_ids, chat)
         except AdapterError as e:
             yield Chunk("", "", Stats(), "error", str(e), code=CONTEXT_TOO_LONG if isinstance(e, ContextTooLong)
                         else INVALID)
             return
         params = replace(params, max_new_tokens=built.max_new_tokens or params.max_new_tokens)
-        prompt = Prompt(list(built.input_ids), list(built.stop_token_ids), [*built.stop_strings, *params.stop])
+        prompt = Prompt(list(built.input_ids), list(built.stop_token_ids), [*built.stop_strings, *params.stop],
+                        logits_processors=list(logits_processors))
     yield from _engine_stream(loaded, prompt, params, cancel, **options)
 
 
@@ -115,10 +122,12 @@ def with_system_prompt(messages: Sequence[dict], system_prompt: str | None) -> S
 def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: GenerationParams,
                cancel: CancelToken | None = None, stop_ids: Sequence[int] | None = None,
                stop_strings: Sequence[str] = (), stall_timeout_s: float = 120.0,
-               timeout_s: float | None = None) -> Iterator[Chunk]:
+               timeout_s: float | None = None, logits_processors: Sequence = ()) -> Iterator[Chunk]:
     """Stream a continuation of `input_ids`; the last chunk has finish_reason and full stats.
 
     `timeout_s` defaults to the hub's generation timeout; a full wait line answers busy at once.
+    `logits_processors` (e.g. demo/structured.py's grammar) shape every step; on the transformers engine they
+    run in `generate`, so such a request skips the batched loop.
     """
     if not loaded.backend.capabilities.exact_prompt_ids:
         yield Chunk("", "", Stats(), "error", f"{loaded.id} runs on the {loaded.engine} engine, which takes "
@@ -126,7 +135,7 @@ def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: Generation
         return
     if stop_ids is None:
         stop_ids = loaded.adapter.stop_token_ids(loaded.tokenizer, loaded.extra_stop_ids)
-    prompt = Prompt(list(input_ids), list(stop_ids), list(stop_strings))
+    prompt = Prompt(list(input_ids), list(stop_ids), list(stop_strings), logits_processors=list(logits_processors))
     yield from _engine_stream(loaded, prompt, params, cancel, stall_timeout_s, timeout_s)
 
 
@@ -311,6 +320,7 @@ class _Run:
     _tail = ""
     code: str | None = None
     ticket = None
+    logits_processors: list = []  # set per run (structured output); empty: plain sampling
 
     def _accept(self, ids: list[int], now: float) -> str:
         if self.stats.ttft_s is None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from adapters.base import NO_OPTIONS
+
 from .registry import ModelEntry, Registry
 
 
@@ -25,15 +27,16 @@ def prompt_source(entry: ModelEntry, registry: Registry | None = None):
     return source
 
 
-def prompt_report(source, messages: Sequence[dict], max_new_tokens: int | None = None) -> dict:
+def prompt_report(source, messages: Sequence[dict], max_new_tokens: int | None = None, chat=None) -> dict:
     """The prompt for `messages` with a reply budget of `max_new_tokens` (default: the model's own):
-    ids, text, stops, the budget left, the turns dropped to fit, and the text split at special tokens."""
+    ids, text, stops, the budget left, the turns dropped to fit, and the text split at special tokens.
+    `chat` (adapters.base.ChatOptions) brings tools and template variables, as `prompt --tools` does."""
     from .engine import with_system_prompt
 
     messages = with_system_prompt(messages, source.system_prompt)  # as the engine sends them
     budget = max_new_tokens or source.defaults.max_new_tokens
     prompt = source.adapter.build_prompt(source.tokenizer, messages, source.context_length, budget,
-                                         source.extra_stop_ids)
+                                         source.extra_stop_ids, chat or NO_OPTIONS)
     return {"input_ids": prompt.input_ids, "text": prompt.text(source.tokenizer),
             "stop_token_ids": prompt.stop_token_ids, "stop_strings": prompt.stop_strings,
             "max_new_tokens": prompt.max_new_tokens, "dropped_turns": prompt.dropped_turns,

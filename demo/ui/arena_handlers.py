@@ -16,6 +16,7 @@ from ..hub import Hub, ui_client
 from ..votes import VoteError
 from .chat_handlers import charge, too_long_for
 from .compare_handlers import UI_TICK_S
+from .thinking import reply_view
 
 SIDES = ("A", "B")
 
@@ -51,9 +52,13 @@ def start_round(hub: Hub, session: ArenaSession, rng: random.Random | None = Non
 def chat_view(session: ArenaSession, side: int, live=None):
     """The side's Chatbot: its conversation, labelled with the model's name only after the vote."""
     r = session.round
-    turns = list(r.conversations[side]) if r else []
+    turns = []
+    for t in (r.conversations[side] if r else []):  # judges see the thinking collapsed, apart from the answer
+        turns += (reply_view(t["content"], t.get("reasoning_content", ""), done=True) if t["role"] == "assistant"
+                  else [t])
     if live is not None:
-        turns.append({"role": "assistant", "content": live.text or ("…" if not live.finished else "")})
+        answer = live.text or ("…" if not live.finished and not live.reasoning else "")
+        turns += reply_view(answer, live.reasoning, live.thinking_s, live.thinking_s is not None or live.finished)
     if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] and session.errors[side]:
         turns[-1] = {"role": "assistant", "content": "⚠️ This model failed to answer."}
     label = f"Model {SIDES[side]}" + (f": {r.models[side]}" if r and r.vote else "")
@@ -133,7 +138,8 @@ def reply(hub: Hub, session: ArenaSession, request=None):
             return
         for side, pane in enumerate(panes):
             hub.metrics.finished(r.models[side], pane, ui_client(request))
-            r.conversations[side].append({"role": "assistant", "content": pane.text})
+            r.conversations[side].append({"role": "assistant", "content": pane.text,
+                                          **({"reasoning_content": pane.reasoning} if pane.reasoning else {})})
             r.settings[side], r.finish[side] = pane.params, pane.finish_reason
         session.errors = tuple(p.error if p.finish_reason == "error" else None for p in panes)
     finally:

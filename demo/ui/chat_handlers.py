@@ -17,6 +17,8 @@ from ..hub import Hub, ui_client
 from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
+from .thinking import thinking_block, thinking_options, tool_call_blocks
+from ..replies import parse_chunks, reply_parser
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,9 @@ class Turn:
     content: str
     model: str | None = None  # which model wrote an assistant turn
     footer: str = ""  # stats line, or the error
+    reasoning: str = ""  # a reasoning model's thinking, kept apart from its answer
+    thinking_s: float | None = None  # how long it thought (set when the answer starts)
+    tool_calls: list = field(default_factory=list)  # adapters.replyparse.ToolCall
 
 
 @dataclass
@@ -38,7 +43,7 @@ class ChatSession:
 
     def messages(self, system: str) -> list[dict]:
         head = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
-        return head + [{"role": t.role, "content": t.content} for t in self.turns]
+        return head + [message_of(t) for t in self.turns]
 
     def stop(self) -> None:
         self.cancel.cancel()
@@ -53,12 +58,24 @@ class ChatSession:
         self.cancel = CancelToken()
 
 
+def message_of(turn: Turn) -> dict:
+    """What the model sees of a turn: its reasoning goes back only as reasoning_content (the template decides)."""
+    message = {"role": turn.role, "content": turn.content}
+    if turn.reasoning:
+        message["reasoning_content"] = turn.reasoning
+    return message
+
+
 def render(session: ChatSession) -> list[dict]:
     view = []
     for turn in session.turns:
         if turn.role == "assistant":
             footer = f"\n\n*{turn.model} · {turn.footer}*" if turn.footer else f"\n\n*{turn.model}*"
-            view.append({"role": "assistant", "content": (turn.content or "…") + footer})
+            if turn.reasoning:
+                view.append(thinking_block(turn.reasoning, turn.thinking_s))
+            view += tool_call_blocks(turn.tool_calls)
+            answer = turn.content or ("" if turn.reasoning or turn.tool_calls else "…")
+            view.append({"role": "assistant", "content": answer + footer})
         else:
             view.append({"role": "user", "content": turn.content})
     return view
@@ -145,7 +162,8 @@ def charge(hub: Hub, session, request) -> str:
     return hub.over_rate(request)
 
 
-def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *controls, request=None):
+def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *controls, thinking: bool = True,
+              request=None):
     """Stream the reply to the last user turn: yields (session, chatbot view, status)."""
     if not session.turns or session.turns[-1].role != "user":
         yield session, render(session), ""
@@ -176,10 +194,17 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
     params = loaded.defaults.override(sampling(*controls))
     turn.footer = ""
     shown = 0.0
+    messages, chat = session.messages(system)[:-1], thinking_options(loaded, thinking)
+    parser = reply_parser(loaded, messages, chat)
+    started = time.monotonic()
     _streaming.add(1)
     try:
-        for chunk in stream_chat(loaded, session.messages(system)[:-1], params, cancel):
-            turn.content = chunk.text
+        for parsed in parse_chunks(stream_chat(loaded, messages, params, cancel, chat=chat), parser,
+                                   getattr(loaded, "tokenizer", None)):
+            chunk = parsed.chunk
+            turn.reasoning, turn.content, turn.tool_calls = parsed.reasoning, parsed.content, parsed.tool_calls
+            if turn.reasoning and turn.thinking_s is None and (chunk.finish_reason or not parser.in_reasoning):
+                turn.thinking_s = time.monotonic() - started  # the answer starts: the block closes
             if chunk.finish_reason:
                 turn.footer = footer_of(chunk)
                 hub.metrics.finished(model_id, chunk, ui_client(request))
@@ -189,6 +214,41 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
                 yield session, render(session), ""
     finally:
         _streaming.add(-1)
+
+
+def reply_for(hub: Hub):
+    """`bot_reply` in the Chat tab's input order: the Thinking switch comes last, so API clients that send
+    only the sampling controls get its default."""
+    # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
+    def reply(session: ChatSession, model_id: str, system: str, use_custom, temp, p, k, penalty, budget,
+              seed_value, argmax, thinking: bool = True, request: gr.Request = None):
+        yield from bot_reply(hub, session, model_id, system, use_custom, temp, p, k, penalty, budget, seed_value,
+                             argmax, thinking=thinking, request=request)
+    return reply
+
+
+_switches: dict[str, tuple[bool, str]] = {}
+
+
+def thinking_switch(hub: Hub, model_id: str):
+    """The Thinking switch for a model: on where its template has a thinking variable, else off, saying why."""
+    if model_id not in _switches:
+        from .thinking import switch_state
+
+        try:
+            entry = hub.registry.get(model_id)
+            if entry.backend == "openai":
+                _switches[model_id] = (False, "This model is served elsewhere; its server renders the template.")
+            else:
+                from ..loader import load_without_weights
+
+                loaded = (hub.manager.get(model_id) if model_id in hub.manager.loaded_ids()
+                          else load_without_weights(entry))
+                _switches[model_id] = switch_state(loaded)
+        except Exception as e:  # the model cannot be read yet; its reply will say why
+            return gr.update(interactive=False, info=f"Unknown until the model loads ({type(e).__name__}).")
+    interactive, info = _switches[model_id]
+    return gr.update(interactive=interactive, info=info, value=interactive)
 
 
 def footer_of(chunk: Chunk) -> str:

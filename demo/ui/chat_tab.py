@@ -17,6 +17,8 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
     session = gr.State(h.new_session, delete_callback=lambda s: s.stop())  # a closed tab stops its reply
     with gr.Row():
         model = gr.Dropdown(hub.choices(), value=default_model, label="Model", scale=3, elem_id="chat-model")
+        thinking = gr.Checkbox(True, label="Thinking", elem_id="chat-thinking", scale=1,
+                               info="Passes enable_thinking to templates that have it.")
         status = gr.Markdown(elem_id="chat-status")
     chatbot = gr.Chatbot(label="Conversation", height=480, buttons=["copy", "copy_all"], elem_id="chatbot",
                          render_markdown=True, placeholder="Pick a model and say hello.")
@@ -47,12 +49,8 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
     inspector["show"].click(**prompt_io, api_name="chat_prompt")
     inspector["accordion"].expand(**prompt_io, api_visibility="private")
 
-    # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
-    def reply(state, model_id, system_prompt, use_custom, temp, p, k, penalty, budget, seed_value, argmax,
-              request: gr.Request):
-        yield from h.bot_reply(hub, state, model_id, system_prompt, use_custom, temp, p, k, penalty, budget,
-                               seed_value, argmax, request=request)
-    reply_io = dict(fn=reply, inputs=[session, model, system, *controls], outputs=[session, chatbot, status])
+    reply_io = dict(fn=h.reply_for(hub), inputs=[session, model, system, *controls, thinking],
+                    outputs=[session, chatbot, status])
     append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
                      outputs=[message, session, chatbot, status],
                      queue=False)
@@ -71,7 +69,8 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
         return share_handlers.share(hub, share_handlers.chat_transcript(state), request)
 
     share.click(share_conversation, session, link, queue=False, api_name="chat_share")
+    model.change(functools.partial(h.thinking_switch, hub), model, thinking, api_visibility="private")
     model.change(functools.partial(h.defaults_view, hub), model,
                  [temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy], queue=False,
                  api_visibility="private")
-    return {"model": model, "chatbot": chatbot, "session": session, "message": message, "status": status}
+    return {"model": model, "thinking": thinking, "chatbot": chatbot, "session": session, "message": message, "status": status}

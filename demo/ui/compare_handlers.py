@@ -12,6 +12,7 @@ import gradio as gr
 from ..compare import MAX_MODELS, Comparison, Pane, own_defaults, shared_settings
 from ..hub import Hub, ui_client
 from .chat_handlers import charge, sampling, too_long_for
+from .thinking import reply_view
 from .widgets import literal
 
 MIN_MODELS = 2
@@ -57,14 +58,21 @@ def check_models(hub: Hub, ids) -> str:
 
 
 def for_model(turns: list[dict]) -> list[dict]:
-    """What the model sees: roles and contents, without failed (empty) replies."""
-    return [{"role": t["role"], "content": t["content"]} for t in turns
+    """What the model sees: roles and contents (reasoning apart), without failed (empty) replies."""
+    return [{"role": t["role"], "content": t["content"],
+             **({"reasoning_content": t["reasoning"]} if t.get("reasoning") else {})} for t in turns
             if t["role"] == "user" or t["content"]]
 
 
 def displayed(turns: list[dict]) -> list[dict]:
-    return [{"role": t["role"], "content": t["content"] or (f"⚠️ {t['error']}" if t.get("error") else "…")}
-            for t in turns]
+    view = []
+    for t in turns:
+        answer = t["content"] or (f"⚠️ {t['error']}" if t.get("error") else "" if t.get("reasoning") else "…")
+        if t["role"] == "assistant":
+            view += reply_view(answer, t.get("reasoning", ""), t.get("thinking_s"), t.get("done"))
+        else:
+            view.append({"role": t["role"], "content": answer})
+    return view
 
 
 def pane_view(session: CompareSession, index: int, live: Pane | None = None):
@@ -74,7 +82,8 @@ def pane_view(session: CompareSession, index: int, live: Pane | None = None):
     model = session.models[index]
     turns = list(session.turns[model])
     if live is not None:
-        turns.append({"role": "assistant", "content": live.text,
+        turns.append({"role": "assistant", "content": live.text, "reasoning": live.reasoning,
+                      "thinking_s": live.thinking_s, "done": live.thinking_s is not None or live.finished,
                       "error": live.error if live.finish_reason == "error" else None})
         return displayed(turns), live.footer()
     return displayed(turns), session.footers.get(model, "")
@@ -148,7 +157,8 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls, request=None)
         return
     for model, pane in zip(models, panes):  # reached only when every pane finished
         hub.metrics.finished(model, pane, ui_client(request))
-        session.turns[model].append({"role": "assistant", "content": pane.text,
+        session.turns[model].append({"role": "assistant", "content": pane.text, "reasoning": pane.reasoning,
+                                     "thinking_s": pane.thinking_s, "done": True,
                                      "error": pane.error if pane.finish_reason == "error" else None})
         session.footers[model] = pane.footer()
     yield session, *views(session), ""
