@@ -282,7 +282,7 @@ class Registry:
         entry = self.get(model_id)
         if entry.base or entry.quantization:
             raise RegistryError(f"{model_id!r} cannot be quantized at load: it is a LoRA entry, a preset, "
-                                "or already quantized")
+                                "or already is quantized")
         variant_id = f"{model_id}-{method}"
         if variant_id not in self.entries:
             self.add(entry.model_copy(update={"id": variant_id, "name": f"{entry.name} ({method})",

@@ -31,7 +31,7 @@ def new_page(browser, width=1280):
 
 def test_fresh_clone_compares_and_plays_the_two_presets(browser, tmp_path):
     hub = HubServer(ROOT / "model_registry.yaml", tmp_path / "votes.sqlite3", tmp_path / "server.log",
-                    preload=True).start(timeout_s=300)
+                    preload=True).start(timeout_s=420)
     try:
         page = new_page(browser)
         open_page(page, hub)
