@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .errors import AdapterError, ContextTooLong  # noqa: F401  (raised by the families; imported from here too)
+
 Message = dict  # {"role": "system"|"user"|"assistant"|"tool", "content": str, ...} (see adapters/tools.py)
 
 

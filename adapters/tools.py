@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from .base import AdapterError
+from .errors import AdapterError
 
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SCHEMA_TYPES = {"object", "array", "string", "number", "integer", "boolean", "null"}
