@@ -73,7 +73,7 @@ def test_one_model_registry_explains_in_the_arena(browser, tmp_path):
         page.get_by_role("tab", name="Arena").click()
         status = page.locator("#arena-status")
         expect(status).to_contain_text("The Arena needs at least two available models; this hub has 1 "
-                                       "(smollm2-135m). To add one, give `registry.yaml` another entry")
+                                       "(smollm2-135m). To add one, give registry.yaml another entry")
         area = page.locator("#arena-input textarea")
         area.fill("Hello?")
         area.press("Enter")
