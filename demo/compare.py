@@ -10,6 +10,7 @@ A model that fails (load error, crash) ends its own pane with the error; the oth
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -17,10 +18,12 @@ from typing import Callable, Iterator, Sequence
 
 from .engine import CancelToken, Stats, stream_chat
 from .replies import parse_chunks, reply_parser
-from .loader import LoadedModel
+from .loaded import LoadedModel
 from .params import GenerationParams
 
 MAX_MODELS = 4
+FAULT = "the server failed while writing this reply (details are in its log)"
+log = logging.getLogger(__name__)
 WAITING, LOADING, STREAMING, DONE = "waiting", "loading", "streaming", "done"
 
 
@@ -136,11 +139,19 @@ class Comparison:
                     thinking_s = time.perf_counter() - started
                 self._update(index, text=parsed.content, reasoning=parsed.reasoning, thinking_s=thinking_s,
                              stats=chunk.stats, state=DONE if chunk.finish_reason else STREAMING,
-                             finish_reason=chunk.finish_reason, error=chunk.error)
+                             finish_reason=chunk.finish_reason, error=shown_error(chunk))
             if not self.panes[index].finished:  # a stream that ended without a last chunk
                 self._update(index, state=DONE, finish_reason="error", error="the stream ended early")
         except Exception as e:  # this model's failure is this pane's, never the others'
             self._update(index, state=DONE, finish_reason="error", error=str(e) or type(e).__name__)
+
+
+def shown_error(chunk) -> str | None:
+    """A refusal's reason as it is; a fault's exception text goes to the log, not the page."""
+    if chunk.finish_reason != "error" or chunk.code:
+        return chunk.error
+    log.error("compare reply failed: %s", chunk.error)
+    return FAULT
 
 
 def own_defaults(loaded: LoadedModel) -> GenerationParams:

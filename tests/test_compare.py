@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from demo.compare import Comparison, own_defaults, shared_settings
+from demo.compare import FAULT, Comparison, own_defaults, shared_settings
 from demo.manager import ModelLoadError
 from tests.fakes import scripted
 
@@ -42,14 +42,16 @@ def test_a_slow_model_streams_while_a_fast_one_is_still_going():
     assert any(s[0].text and s[1].text and not s[0].finished and not s[1].finished for s in snapshots)
 
 
-def test_a_failing_model_reports_in_its_pane_and_the_others_finish():
+def test_a_failing_model_reports_in_its_pane_and_the_others_finish(caplog):
     crash = scripted("abcdef", step_s=0.01, crash_after=3)
     _, snapshots = run({"ok": scripted("fine", step_s=0.01), "gone": ModelLoadError("gone: no weights"),
                         "crash": crash})
     ok, gone, crashed = snapshots[-1]
     assert ok.text == "fine" and ok.finish_reason == "stop" and ok.error is None
     assert gone.finish_reason == "error" and "no weights" in gone.error and "⚠️" in gone.footer()
-    assert crashed.finish_reason == "error" and "scripted crash" in crashed.error and crashed.text == "abc"
+    # a fault's exception text goes to the log; the pane says the server failed (a load error says why)
+    assert crashed.finish_reason == "error" and crashed.error == FAULT and crashed.text == "abc"
+    assert "scripted crash" in caplog.text
 
 
 def test_stopping_one_pane_leaves_the_others_running():
