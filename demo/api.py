@@ -62,7 +62,7 @@ def chunk_error(chunk: Chunk) -> ApiError:
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[dict], None] = ""
     tool_calls: Optional[list[dict]] = None  # assistant
     tool_call_id: Optional[str] = None  # tool
