@@ -68,7 +68,6 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     started = time.perf_counter()
     loaded = manager.get(config.entry.id)
     first_load_s = time.perf_counter() - started
-    decode_plan = loaded.decode_plan
     message = prompt_message(loaded, config.prompt_tokens)
     report["prompt_tokens"] = len(build_prompt(loaded, message, config.new_tokens).input_ids)
     report["decode_plan"] = loaded.plan.as_dict() if loaded.plan else None
@@ -94,7 +93,6 @@ def run_bench(config: BenchConfig, log=print) -> dict:
     manager.unload(config.entry.id)
     if config.transformers_serve:
         report["transformers_serve"] = transformers_serve(config, message, manager, log)
-    report["decode_plan"] = decode_plan
     report["ratios"] = ratios(report)
     report["finished"] = now_iso()
     return report
