@@ -183,7 +183,9 @@ class LeanDecode:
         for fused, cache_layer in zip(self.layers, cache.layers):
             hidden = self._layer(hidden, fused, cache_layer, cos, sin, row_lengths)
         hidden = _norm(self.inner.norm, hidden)
-        return self._project(self.model.lm_head, hidden[:, -1:, :])[:, -1, :]
+        head, last = self.model.lm_head, hidden[:, -1:, :]
+        # the head through its module call where it runs plain, so forward hooks on it (a logits probe) see it
+        return (head(last) if self._plain(head) else self._project(head, last))[:, -1, :]
 
     def _layer(self, hidden, fused, cache_layer, cos, sin, row_lengths):
         attention, rows, head_dim = fused["attention"], hidden.shape[0], fused["head_dim"]
@@ -208,10 +210,14 @@ class LeanDecode:
         multi-row one, demo.batching) runs whole instead where a row's bits do not depend on the others
         from two rows on, and a single row runs as two: 4 rows of the default model's down_proj take 32 us
         instead of 181, and one row the same 32 us as before."""
-        plan = self.linear_plans.get(linear)
-        if plan is None or plan.whole is None or not self.pair_rows or not plan.paired:
+        if self._plain(linear):
             return linear.forward(x)
-        return plan.whole(x) if x.shape[0] > 1 else plan.whole(torch.cat([x, x]))[:1]
+        whole = self.linear_plans[linear].whole
+        return whole(x) if x.shape[0] > 1 else whole(torch.cat([x, x]))[:1]
+
+    def _plain(self, linear) -> bool:
+        plan = self.linear_plans.get(linear)
+        return plan is None or plan.whole is None or not self.pair_rows or not plan.paired
 
 
 def _rowwise_sdpa(attention, q, keys, values, row_lengths, group_rows=True, fold=False):

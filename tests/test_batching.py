@@ -62,7 +62,7 @@ def exact(registry):
     from demo.loader import load_entry
     from tests.conftest import DEFAULT_ID
 
-    entry = registry.get(DEFAULT_ID)
+    entry = registry.get(DEFAULT_ID).model_copy(update={"engine": "transformers"})
     loaded = load_entry(entry.model_copy(update={"decode": entry.decode.model_copy(update={"exact": True})}))
     assert loaded.plan.exact and not (loaded.plan.fold_heads or loaded.plan.pair_rows)
     yield loaded

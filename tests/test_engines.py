@@ -2,8 +2,6 @@
 and the backend protocol every engine implements (no model loaded here)."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -59,7 +57,9 @@ def test_every_engine_implements_the_protocol():
     from demo.remote import OpenAIBackend, RemoteModel
 
     remote = RemoteModel("r", "http://h/v1", "r", None, GenerationParams())
-    local = SimpleNamespace(quant_format="none", batcher=False, model=None)
+    from demo.loaded import LoadedModel
+
+    local = LoadedModel("x", None, None, None, GenerationParams(), None)  # no decode loop: generate() serves
     for backend in (TransformersBackend(local), OpenAIBackend(remote)):
         assert isinstance(backend, Backend)
         assert isinstance(backend.capabilities, Capabilities)
