@@ -130,6 +130,7 @@ class Journal:
         lines = [json.loads(line) for line in whole.decode("utf-8").splitlines() if line.strip()]
         if not lines or "job" not in lines[0]:
             raise BatchError(f"{self.path}: not a batch journal (delete it to start over)")
+        job = json.loads(json.dumps(job))  # as the journal holds it (a tuple reads back as a list)
         differs = [k for k in job if k in JOB_IDENTITY and lines[0]["job"].get(k) != job[k]]
         if differs:
             raise BatchError(f"{self.path} was written by another job ({', '.join(differs)} differ): run it "
