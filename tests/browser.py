@@ -1,4 +1,4 @@
-"""What both browser test modules share: Debian's chromium under Playwright, and typing a message."""
+"""What the browser test modules share: Debian's chromium under Playwright, and typing a message."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +20,14 @@ def launch_chromium():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+def context_page(browser, width: int = 1400, height: int = 1000, timeout_ms: int = 60_000):
+    """A generator fixture body: a page in a browser context of its own, closed after the test."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    context.set_default_timeout(timeout_ms)
+    yield context.new_page()
+    context.close()
 
 
 def send(page, box: str, text: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import launch_chromium, send
+from tests.browser import launch_chromium, context_page, send
 from tests.hubserver import HubServer, smollm_entry, tiny_entry, tiny_models, write_registry
 
 pytestmark = pytest.mark.slow
@@ -51,10 +51,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(60_000)
-    yield context.new_page()
-    context.close()
+    yield from context_page(browser)
 
 
 def open_page(page, server, query: str = ""):

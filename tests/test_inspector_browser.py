@@ -12,7 +12,7 @@ import pytest
 
 from demo.cli import main
 from tests.app_server import DEFAULT, TINY
-from tests.browser import launch_chromium, send
+from tests.browser import launch_chromium, context_page, send
 
 pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -29,10 +29,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, hub_server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(60_000)
-    yield context.new_page()
-    context.close()
+    yield from context_page(browser)
 
 
 def prompt_json(hub_server, capsys, tmp_path, model: str, messages: list[dict], *extra: str) -> dict:
