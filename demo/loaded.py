@@ -78,5 +78,10 @@ class LoadedModel:
         return self.quant.method
 
     @property
+    def quant_label(self) -> str:
+        """The weights' format in words (the Models tab's format column)."""
+        return self.quant.label
+
+    @property
     def device(self):
         return next(self.model.parameters()).device

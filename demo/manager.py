@@ -42,7 +42,7 @@ class ModelState:
     detail: str = ""  # the unavailability reason, the load error, or the load stage
     memory_bytes: int = 0
     since: float = 0.0  # when the current status began
-    quant_format: str = ""  # when loaded: none | gptq | awq | bnb-4bit | bnb-8bit | gguf
+    quant_format: str = ""  # when loaded: none | gptq | awq | bnb-4bit | bnb-8bit | gguf | remote
     bits: int | None = None  # when loaded: bits per weight of its linear layers in memory
     quant_label: str = ""  # when loaded: e.g. "GPTQ 4-bit (gptq_v2, desc_act)"
     engine: str = ""  # transformers | llama.cpp | openai: the one it runs on (or would, once loaded)
@@ -180,7 +180,7 @@ class ModelManager:
             if model_id in self._loaded:
                 loaded = self._loaded[model_id]
                 return ModelState(model_id, entry.name, READY, shares_note(entry), loaded.memory_bytes, since,
-                                  loaded.quant_format, loaded.bits, loaded.quant.label, loaded.engine,
+                                  loaded.quant_format, loaded.bits, loaded.quant_label, loaded.engine,
                                   loaded.decode_plan)
             if model_id in self._loading:
                 return ModelState(model_id, entry.name, LOADING, f"loading for {time.time() - since:.0f} s",

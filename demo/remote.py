@@ -47,6 +47,8 @@ class RemoteModel:
     memory_bytes = 0  # the weights live on the remote
     load_seconds = 0.0
     engine = OPENAI
+    # What the Models tab and /v1/models read of a loaded model: the weights' format is the remote's business.
+    quant_format, quant_label, bits = "remote", "served by the remote", None
 
     @property
     def backend(self) -> "OpenAIBackend":
@@ -55,6 +57,7 @@ class RemoteModel:
     @property
     def decode_plan(self) -> str:
         return self.backend.decode_plan
+
     base_id, preset = None, False  # shares no one's weights
 
     def __post_init__(self):

@@ -190,6 +190,9 @@ models:
 """)
     manager = ModelManager(registry)
     tiny = manager.get("tiny")
+    # A loaded remote has a row like any model (the Models tab and /v1/models read it).
+    state = manager.state("tiny")
+    assert (state.status, state.engine, state.quant_format, state.memory_bytes) == ("ready", "openai", "remote", 0)
     cancel, deltas = CancelToken(), []
     for chunk in stream_chat(tiny, FRANCE, tiny.defaults.override({"max_new_tokens": 200}), cancel):
         deltas.append(chunk.delta)
@@ -262,7 +265,10 @@ def test_client_that_disconnects_stops_its_generation(servers, model):
         pytest.skip(llama_cpp_status()[1])
     auth = {"Authorization": f"Bearer {USER}:{PASSWORD}"}  # its own client name in /metrics
     body = {"model": model, "messages": [{"role": "user", "content": "Write a long story about a cat."}],
-            "max_tokens": 400, "stream": True, "temperature": 0.7}
+            "max_tokens": 400, "stream": True, "temperature": 0.7, "seed": 7}
+    started = time.time()  # this client's records of other tests on this model are older
+    mine = lambda: [r for r in metrics(servers)["recent"]  # noqa: E731
+                    if r["client"] == f"user:{USER}" and r["model"] == model and r["at"] >= started]
     received = 0
     with httpx.Client(trust_env=False, timeout=60) as http:
         with http.stream("POST", servers["url"] + "/v1/chat/completions", json=body, headers=auth) as response:
@@ -273,14 +279,11 @@ def test_client_that_disconnects_stops_its_generation(servers, model):
                 if received >= 5:
                     break  # leaving the block closes the connection mid-stream
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        mine = [r for r in metrics(servers)["recent"] if r["client"] == f"user:{USER}" and r["model"] == model]
-        if mine:
-            break
+    while not (records := mine()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert mine, "the cancelled generation never finished"
-    assert mine[-1]["finish_reason"] == "cancelled"
-    assert mine[-1]["new_tokens"] <= received + 10, mine[-1]  # stopped within a few steps, not at 400
+    assert records, "the cancelled generation never finished"
+    assert records[-1]["finish_reason"] == "cancelled", records[-1]
+    assert records[-1]["new_tokens"] <= received + 10, records[-1]  # stopped within a few steps, not at 400
 
 
 def test_password_guessing_backs_off_and_api_keys_still_work(servers, client):
