@@ -1,6 +1,5 @@
 """Presets (`base:` without `adapter:`): another entry's loaded weights with their own name, generation
 defaults and system prompt; and what Compare and the Arena say with fewer than two models."""
-import gc
 import re
 
 import psutil
@@ -79,7 +78,11 @@ def tiny_base(tmp_path_factory):
 
 
 def rss() -> int:
-    gc.collect()
+    """The process's resident size with freed memory given back: loading trims the C heap (decode
+    preparation does), so an untrimmed baseline would count earlier tests' garbage against the load."""
+    from demo.memory import free_memory
+
+    free_memory()
     return psutil.Process().memory_info().rss
 
 
