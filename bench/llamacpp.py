@@ -37,15 +37,18 @@ def llama_bench(entry: ModelEntry, prompt_tokens: int, new_tokens: int, clients:
     log(f"llama.cpp: {threads} threads, {path.name}; engine vs bare llama-cpp-python ...")
     run_engine(loaded, prompt, params, 4)  # warm-up: the mapped weights are read in
     rss_after_reply = rss_bytes()
-    bare = BareLlama(path, threads, loaded.context_length)
-    bare.generate(prompt.input_ids, 4, prompt.stop_token_ids)
     report = {"engine": loaded.engine, "decode_plan": loaded.decode_plan, "threads": threads,
               "file_bytes": path.stat().st_size, "first_load_s": first_load_s,
-              "rss_growth_on_first_load_bytes": rss_after_load - rss_before, "rss_growth_after_first_reply_bytes": rss_after_reply - rss_before}
-    report.update(single_stream(loaded, bare, prompt, params, repeats))
-    report["ttft"] = first_token(loaded, bare, prompt, repeats)
+              "rss_growth_on_first_load_bytes": rss_after_load - rss_before,
+              "rss_growth_after_first_reply_bytes": rss_after_reply - rss_before}
+    bare = BareLlama(path, threads, loaded.context_length)
+    try:
+        bare.generate(prompt.input_ids, 4, prompt.stop_token_ids)
+        report.update(single_stream(loaded, bare, prompt, params, repeats))
+        report["ttft"] = first_token(loaded, bare, prompt, repeats)
+    finally:
+        bare.close()
     report["concurrency"] = concurrency(loaded, prompt, params, clients, repeats)
-    del bare
     free_memory()
     report["load"] = cold_loads(manager, entry, repeats)
     manager.unload(entry.id)
@@ -63,37 +66,46 @@ def run_engine(loaded, prompt, params, new_tokens: int | None = None):
 
 
 class BareLlama:
-    """llama-cpp-python's own `Llama`, as a user would run it: greedy, same file, ids and threads."""
+    """llama-cpp-python's own `Llama`, as a user would run it: greedy, same file, ids and threads, in a
+    process of its own (bench.bare_llama says why)."""
 
     def __init__(self, path: Path, threads: int, n_ctx: int):
-        from llama_cpp import Llama
+        import json
+        import subprocess
+        import sys
 
-        started = time.perf_counter()
-        # flash attention and a q8_0 KV cache as the engine has them (not llama-cpp-python's defaults)
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                         n_threads_batch=threads, flash_attn=True, type_k=8, type_v=8, verbose=False)
-        self.load_s = time.perf_counter() - started
+        self._json = json
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.bare_llama", str(path), str(threads),
+                                         str(n_ctx)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        cwd=Path(__file__).resolve().parent.parent)
+        self.load_s = self._answer()["load_s"]
+
+    def _answer(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bare llama-cpp-python ended (exit {self.process.wait()})")
+        return self._json.loads(line)
+
+    def _ask(self, request: dict) -> dict:
+        self.process.stdin.write(self._json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        return self._answer()
 
     def generate(self, ids: list[int], new_tokens: int, stop_ids) -> dict:
         """Greedy tokens, seconds to the first, and the decode rate after it."""
-        out, first, started = [], None, time.perf_counter()
-        for token in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            first = first or time.perf_counter()
-            out.append(int(token))
-            if token in stop_ids or len(out) >= new_tokens:
-                break
-        end = time.perf_counter()
-        return {"ids": out, "ttft_s": first - started, "decode_tok_s": (len(out) - 1) / (end - first)
-                if len(out) > 1 and end > first else 0.0}
+        return self._ask({"op": "generate", "ids": list(ids), "new_tokens": new_tokens,
+                          "stop_ids": sorted(int(i) for i in stop_ids)})
 
     def prefill_s(self, ids: list[int]) -> float:
-        import numpy as np
+        return self._ask({"op": "prefill", "ids": list(ids)})["seconds"]
 
-        self.llm.reset()
-        started = time.perf_counter()
-        self.llm.eval(ids)
-        int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-        return time.perf_counter() - started
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except Exception:
+                self.process.kill()
 
 
 def single_stream(loaded, bare: BareLlama, prompt, params, repeats: int) -> dict:
