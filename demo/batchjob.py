@@ -282,11 +282,27 @@ def write_json(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
+JOB_ROWS = 16  # prompts of a job one decode step of a local transformers model serves, by default
+
+
+def job_entry(entry, rows: int = JOB_ROWS):
+    """The entry as a job loads it: a local transformers model decodes for throughput, `rows` prompts a step
+    (demo.decodeplan.for_throughput). Other engines, LoRA entries and presets load as they are."""
+    from .backends import TRANSFORMERS, choose_engine
+    from .decodeplan import for_throughput
+    from .registry import DecodeSettings
+
+    if entry.remote or entry.base or choose_engine(entry) != TRANSFORMERS:
+        return entry
+    return entry.model_copy(update={"decode": for_throughput(entry.decode or DecodeSettings(), rows)})
+
+
 def default_concurrency(loaded) -> int:
-    """As many as the model serves at once: its remote's stream limit, else the decode loop's batch."""
+    """As many as the model serves at once: its remote's stream limit, else its decode loop's rows."""
     from .batching import MAX_BATCH
 
-    return getattr(loaded, "concurrency", None) or MAX_BATCH
+    decoder = getattr(loaded, "decoder", None)
+    return getattr(loaded, "concurrency", None) or (decoder.max_batch if decoder is not None else MAX_BATCH)
 
 
 def sole_user(loaded, concurrency: int) -> None:

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: JSONL when the first line starts with '{'")
     batch.add_argument("--raw", action="store_true", help="send each text as is, with no chat template")
     batch.add_argument("--concurrency", type=int, help="prompts in flight at once (default: what the model "
-                                                       "serves together: 8 local, the entry's for a remote)")
+                                                       "serves together: 16 on transformers, the entry's for a remote)")
     batch.add_argument("--resume", action="store_true", help="continue an interrupted job from its journal")
     add_sampling_args(batch)
     batch.set_defaults(run=cmd_batch)
@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp engine (a GGUF entry)")
     bench.add_argument("--batch-job", action="store_true", help="measure only 16 prompts through `batch` "
                        "against 16 sequential `generate` calls (target <= 0.4x); --concurrency sets the job's")
-    bench.add_argument("--concurrency", type=int, help="with --batch-job: prompts in flight (default: 8 local)")
+    bench.add_argument("--concurrency", type=int, help="with --batch-job: prompts in flight (default: as `batch`)")
+    bench.add_argument("--engine", choices=["auto", "transformers", "llama.cpp"], default=None,
+                       help="with --batch-job: the engine to run the job on (default: the entry's)")
     bench.set_defaults(run=cmd_bench)
     return parser
 
@@ -311,9 +313,10 @@ def checked(entry: ModelEntry, overrides: dict) -> ModelEntry:
         raise CliError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
-def load_for(args):
-    """Load the model the command names; a LoRA/PEFT entry needs the registry to find its base."""
-    entry = entry_for(args)
+def load_for(args, entry=None):
+    """Load the model the command names (or `entry`, made from it); a LoRA/PEFT entry needs the registry to
+    find its base."""
+    entry = entry or entry_for(args)
     # gptqmodel prints its banner and kernel choices on stdout: keep stdout for the command's own output
     with contextlib.redirect_stdout(sys.stderr):
         return load_model(entry, registry_of(args)) if entry.base else load_model(entry)
@@ -425,11 +428,11 @@ def cmd_generate(args) -> int:
 def cmd_batch(args) -> int:
     from tqdm import tqdm
 
-    from .batchjob import BatchError, Job, Paths, default_concurrency, sole_user
+    from .batchjob import JOB_ROWS, BatchError, Job, Paths, default_concurrency, job_entry, sole_user
 
     if args.concurrency is not None and args.concurrency < 1:
         raise CliError("--concurrency must be at least 1")
-    loaded = load_for(args)
+    loaded = load_for(args, job_entry(entry_for(args), args.concurrency or JOB_ROWS))
     concurrency = args.concurrency or default_concurrency(loaded)
     sole_user(loaded, concurrency)
     job = Job(loaded, Path(args.data_file), Paths.beside(args.out), params_of(args, loaded.defaults), args.raw,
@@ -619,8 +622,13 @@ def cmd_bench_batch_job(args) -> int:
 
     if args.new_tokens < 1 or args.repeats < 1 or (args.concurrency or 1) < 1:
         raise CliError("--new-tokens, --repeats and --concurrency must be positive")
-    loaded = load_for(args)
-    report = run_batch_bench(loaded, args.new_tokens, args.repeats, args.concurrency,
+    from demo.batchjob import JOB_ROWS, job_entry
+
+    entry = entry_for(args)
+    loaded = load_for(args, entry)  # as `generate` loads it
+    job = job_entry(entry, args.concurrency or JOB_ROWS)  # as `batch` loads it
+    job_loaded = load_for(args, job) if job != entry else loaded
+    report = run_batch_bench(loaded, args.new_tokens, args.repeats, args.concurrency, job_loaded=job_loaded,
                              log=lambda text: print(text, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -105,13 +105,14 @@ class DecodePlan:
     fold_heads: bool = False  # grouped query heads attend as one kernel item
     pair_rows: bool = False  # Linears with a one-row kernel of their own run whole, a row as two
     reason: str = ""  # why there is no loop, when there is none
+    rows: int = 8  # the most requests one step of the loop serves
     linears: Mapping = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
     def summary(self) -> str:
         """One line for the Models tab, `list --json` and the bench."""
         if not self.loop:
             return f"generate() in {self.decode_dtype}" + (f" ({self.reason})" if self.reason else "") + f"; {self.isa}"
-        parts = [f"loop in {self.decode_dtype}", f"prefill {self.prefill_dtype}"]
+        parts = [f"loop in {self.decode_dtype} ({self.rows} rows)", f"prefill {self.prefill_dtype}"]
         parts += [name for name, on in (("lean", self.lean), ("exact", self.exact), ("grouped rows", self.group_rows),
                                         ("folded heads", self.fold_heads), ("paired rows", self.pair_rows)) if on]
         if self.prepacked:
@@ -122,7 +123,7 @@ class DecodePlan:
         return {"isa": self.isa, "loop": self.loop, "weights_dtype": self.weights_dtype,
                 "prefill_dtype": self.prefill_dtype, "decode_dtype": self.decode_dtype, "exact": self.exact,
                 "lean": self.lean, "prepacked": self.prepacked, "group_rows": self.group_rows,
-                "fold_heads": self.fold_heads, "pair_rows": self.pair_rows, "reason": self.reason,
+                "fold_heads": self.fold_heads, "pair_rows": self.pair_rows, "reason": self.reason, "rows": self.rows,
                 "summary": self.summary()}
 
 
@@ -148,6 +149,19 @@ def compute_dtypes(settings: DecodeSettings, model_dtype: torch.dtype, device: s
         return model_dtype, model_dtype
     float32_bytes = weight_bytes * 4 // model_dtype.itemsize
     return (torch.float32 if float32_bytes <= machine_memory_bytes() // 4 else model_dtype), model_dtype
+
+
+def for_throughput(settings: DecodeSettings, rows: int, isa: str | None = None) -> DecodeSettings:
+    """The settings of a job that decodes many requests at once (`batch`): a loop of `rows` rows, and, where
+    `auto` would decode in bf16 on a CPU without fast bf16 kernels, float32 throughout. There a bf16 step
+    costs about as many single steps as it has rows, while a float32 step of 16 rows costs about 3x one row
+    (docs/decoding.md): one float32 row is slower than a bf16 row, sixteen are far faster. An interactive
+    hub keeps `auto`, for the single reply's speed."""
+    isa = cpu_isa() if isa is None else isa
+    update: dict = {"rows": max(settings.rows, rows)}
+    if settings.compute == "auto" and not fast_bf16(isa):
+        update["compute"] = "float32"
+    return settings.model_copy(update=update)
 
 
 def machine_memory_bytes() -> int:

@@ -85,6 +85,7 @@ class DecodeSettings(Strict):
     exact: bool = Field(False, description="every step bitwise what generate() computes with the model's dtype")
     compute: Literal["auto", "model", "float32"] = Field(
         "auto", description="auto: float32 on a CPU without fast bf16 kernels (AVX2), else the model's dtype")
+    rows: int = Field(8, ge=1, le=64, description="the most requests one decode step serves together")
 
 
 class ModelEntry(Strict):

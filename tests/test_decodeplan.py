@@ -85,8 +85,29 @@ def test_a_plan_is_frozen_and_says_what_it_runs():
                       decode_dtype="float32", exact=False, lean=True, prepacked=121, fold_heads=True, pair_rows=True)
     with pytest.raises(AttributeError):
         plan.exact = True
-    assert plan.summary() == ("loop in float32, prefill float32, lean, folded heads, paired rows, 121 packed; AVX2")
+    assert plan.summary() == ("loop in float32 (8 rows), prefill float32, lean, folded heads, paired rows, 121 packed; AVX2")
     assert plan.as_dict()["summary"] == plan.summary()
     off = DecodePlan(isa="AVX2", loop=False, weights_dtype="bfloat16", prefill_dtype="bfloat16",
                      decode_dtype="bfloat16", exact=False, reason="gptq kernels")
     assert off.summary() == "generate() in bfloat16 (gptq kernels); AVX2"
+
+
+def test_a_batch_job_decodes_for_throughput_where_bf16_batches_are_slow():
+    from demo.batchjob import job_entry
+    from demo.decodeplan import for_throughput
+
+    slow = for_throughput(DecodeSettings(), 16, isa="AVX2")
+    assert (slow.compute, slow.rows) == ("float32", 16)
+    fast = for_throughput(DecodeSettings(), 16, isa="AVX512+BF16")
+    assert (fast.compute, fast.rows) == ("auto", 16)
+    chosen = for_throughput(DecodeSettings(compute="model", rows=32), 16, isa="AVX2")
+    assert (chosen.compute, chosen.rows) == ("model", 32)  # what the registry says stands
+    registry = parse_registry("""
+models:
+  - {id: local, name: Local, source: {path: /nowhere}, engine: transformers}
+  - {id: gguf, name: GGUF, source: {path: /nowhere, file: m.gguf}, engine: llama.cpp}
+  - {id: far, name: Far, engine: openai, base_url: "http://127.0.0.1:9/v1"}
+""")
+    assert job_entry(registry.get("local"), 16).decode.rows == 16
+    assert job_entry(registry.get("gguf"), 16) == registry.get("gguf")
+    assert job_entry(registry.get("far"), 16) == registry.get("far")
