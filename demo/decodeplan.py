@@ -106,6 +106,7 @@ class DecodePlan:
     pair_rows: bool = False  # Linears with a one-row kernel of their own run whole, a row as two
     reason: str = ""  # why there is no loop, when there is none
     rows: int = 8  # the most requests one step of the loop serves
+    prefill_together: bool = False  # waiting prompts prefilled in one call (a batch job's plan)
     linears: Mapping = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
 
     def summary(self) -> str:
@@ -114,7 +115,8 @@ class DecodePlan:
             return f"generate() in {self.decode_dtype}" + (f" ({self.reason})" if self.reason else "") + f"; {self.isa}"
         parts = [f"loop in {self.decode_dtype} ({self.rows} rows)", f"prefill {self.prefill_dtype}"]
         parts += [name for name, on in (("lean", self.lean), ("exact", self.exact), ("grouped rows", self.group_rows),
-                                        ("folded heads", self.fold_heads), ("paired rows", self.pair_rows)) if on]
+                                        ("folded heads", self.fold_heads), ("paired rows", self.pair_rows),
+                                        ("prompts prefilled together", self.prefill_together)) if on]
         if self.prepacked:
             parts.append(f"{self.prepacked} packed")
         return ", ".join(parts) + f"; {self.isa}"
@@ -124,6 +126,7 @@ class DecodePlan:
                 "prefill_dtype": self.prefill_dtype, "decode_dtype": self.decode_dtype, "exact": self.exact,
                 "lean": self.lean, "prepacked": self.prepacked, "group_rows": self.group_rows,
                 "fold_heads": self.fold_heads, "pair_rows": self.pair_rows, "reason": self.reason, "rows": self.rows,
+                "prefill_together": self.prefill_together,
                 "summary": self.summary()}
 
 
@@ -155,10 +158,11 @@ def for_throughput(settings: DecodeSettings, rows: int, isa: str | None = None) 
     """The settings of a job that decodes many requests at once (`batch`): a loop of `rows` rows, and, where
     `auto` would decode in bf16 on a CPU without fast bf16 kernels, float32 throughout. There a bf16 step
     costs about as many single steps as it has rows, while a float32 step of 16 rows costs about 3x one row
-    (docs/decoding.md): one float32 row is slower than a bf16 row, sixteen are far faster. An interactive
-    hub keeps `auto`, for the single reply's speed."""
+    (docs/decoding.md): one float32 row is slower than a bf16 row, sixteen are far faster. The prompts that
+    wait at a step are prefilled in one call. An interactive hub keeps `auto` and prompts prefilled alone,
+    for the single reply's speed and first tokens bitwise a lone prefill's."""
     isa = cpu_isa() if isa is None else isa
-    update: dict = {"rows": max(settings.rows, rows)}
+    update: dict = {"rows": max(settings.rows, rows), "prefill_together": True}
     if settings.compute == "auto" and not fast_bf16(isa):
         update["compute"] = "float32"
     return settings.model_copy(update=update)

@@ -39,7 +39,8 @@ def prepare(model, quant_format: str, settings: DecodeSettings | None) -> tuple[
         prefill_model = copy.deepcopy(model)  # before the loop fuses and packs the decode weights
         hold_in(prefill_model, prefill)
     try:
-        decoder = BatchedDecoder(model, max_batch=settings.rows, lean=settings.lean, prepack=settings.prepack, exact=settings.exact,
+        decoder = BatchedDecoder(model, max_batch=settings.rows, prefill_together=settings.prefill_together,
+                                 lean=settings.lean, prepack=settings.prepack, exact=settings.exact,
                                  exact_packing=decode == loaded_dtype, prefill_model=prefill_model)
     except Exception as e:  # a failure here only means the model is served through generate()
         log.exception("preparing the batched decode loop failed; generate() will serve")
@@ -52,7 +53,8 @@ def prepare(model, quant_format: str, settings: DecodeSettings | None) -> tuple[
                       decode_dtype=dtype_name(decode), exact=settings.exact, lean=lean is not None,
                       prepacked=decoder.packed, group_rows=bool(lean and lean.group_rows),
                       fold_heads=bool(lean and lean.fold_heads), pair_rows=bool(lean and lean.pair_rows),
-                      rows=settings.rows, linears=decoder.linears), decoder
+                      rows=settings.rows, prefill_together=settings.prefill_together,
+                      linears=decoder.linears), decoder
 
 
 def _no_loop_reason(model, quant_format: str, settings: DecodeSettings) -> str:

@@ -86,6 +86,8 @@ class DecodeSettings(Strict):
     compute: Literal["auto", "model", "float32"] = Field(
         "auto", description="auto: float32 on a CPU without fast bf16 kernels (AVX2), else the model's dtype")
     rows: int = Field(8, ge=1, le=64, description="the most requests one decode step serves together")
+    prefill_together: bool = Field(False, description="prompts waiting at a step are prefilled in one call "
+                                                      "(a batch job's throughput; first tokens within rounding)")
 
 
 class ModelEntry(Strict):

@@ -260,3 +260,34 @@ def test_a_row_that_fails_to_sample_ends_alone_and_the_others_go_on(smollm, alon
     assert outcomes["mid"].stats.new_tokens == 2
     assert [r.output_ids for r in results] == alone[:2]
     assert complete(smollm, chat(PROMPTS[0]), greedy(smollm)).output_ids == alone[0]  # the loop goes on
+
+
+def test_a_job_plan_prefills_waiting_prompts_together_and_each_reply_is_its_own(tmp_path, monkeypatch):
+    """`prefill_together` (a batch job's plan): prompts that wait at a step go through one left-padded call;
+    each row still gets, greedy, the tokens it gets prefilled alone (float32, a tiny random Llama)."""
+    from demo.batchjob import sole_user
+    from demo.loader import load_entry
+    from demo.registry import parse_registry
+    from tests.tiny import make_tiny_chat_model
+
+    folder = make_tiny_chat_model(tmp_path / "tiny", hidden=128)
+    registry = parse_registry(f"""
+models:
+  - {{id: alone, name: Alone, source: {{path: "{folder}"}}, dtype: float32, engine: transformers}}
+  - {{id: job, name: Job, source: {{path: "{folder}"}}, dtype: float32, engine: transformers,
+      decode: {{rows: 16, prefill_together: true}}}}
+""")
+    alone, job = load_entry(registry.get("alone")), load_entry(registry.get("job"))
+    assert job.plan.prefill_together and not alone.plan.prefill_together
+    groups = []
+    original = BatchedDecoder._prefill_together
+    monkeypatch.setattr(BatchedDecoder, "_prefill_together",
+                        lambda self, requests: (groups.append(len(requests)), original(self, requests))[1])
+    texts = [p * k for k in (1, 2) for p in PROMPTS]  # eight prompts of different lengths
+    expected = [complete(alone, chat(t), greedy(alone, 8)).output_ids for t in texts]
+    sole_user(job, len(texts))  # as `batch` admits them
+    results = run_at_once(job, [(chat(t), greedy(job, 8), CancelToken()) for t in texts])
+    assert [r.output_ids for r in results] == expected
+    assert sum(groups) == len(texts) and max(groups) >= 2, groups
+    for loaded in (alone, job):
+        loaded.decoder.close(wait_s=5)

@@ -97,7 +97,7 @@ def test_a_batch_job_decodes_for_throughput_where_bf16_batches_are_slow():
     from demo.decodeplan import for_throughput
 
     slow = for_throughput(DecodeSettings(), 16, isa="AVX2")
-    assert (slow.compute, slow.rows) == ("float32", 16)
+    assert (slow.compute, slow.rows, slow.prefill_together) == ("float32", 16, True)
     fast = for_throughput(DecodeSettings(), 16, isa="AVX512+BF16")
     assert (fast.compute, fast.rows) == ("auto", 16)
     chosen = for_throughput(DecodeSettings(compute="model", rows=32), 16, isa="AVX2")
