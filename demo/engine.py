@@ -377,7 +377,7 @@ class _Run:
             if token in self.stop_ids:
                 continue
             others = [t.token_id for t in entry.top if t.token_id != token]
-            texts = dict(zip(others, self.decoder.peek(others)))  # before the token joins the text
+            texts = dict(zip(others, self.decoder.peek(others))) if others else {}  # before the token joins
             piece = texts[token] = self.decoder.add([token])
             self.trail.add([named(entry, texts)], piece)
             text += piece

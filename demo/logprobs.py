@@ -39,9 +39,10 @@ def token_entry(logprobs: np.ndarray, token: int, top: int) -> TokenLogprob:
     alternatives: tuple[TokenLogprob, ...] = ()
     k = min(top, logprobs.size)
     if k > 0:
-        best = np.argpartition(-logprobs, k - 1)[:k]
-        best = best[np.argsort(-logprobs[best], kind="stable")]
-        alternatives = tuple(TokenLogprob("", float(logprobs[i]), int(i)) for i in best
+        kth = -np.partition(-logprobs, k - 1)[k - 1]  # the k-th highest value
+        best = np.flatnonzero(logprobs >= kth)
+        best = best[np.lexsort((best, -logprobs[best]))][:k]  # ties by id, as argmax picks the first
+        alternatives = tuple(TokenLogprob("", finite(float(logprobs[i])), int(i)) for i in best
                              if np.isfinite(logprobs[i]))
     return TokenLogprob("", finite(float(logprobs[token])), int(token), alternatives)
 
