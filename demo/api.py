@@ -26,7 +26,7 @@ from .replies import reasoning_tokens, reply_parser
 from .hub import Hub, client_address, login_keys
 from .limits import BUSY, RATE_LIMITED, REMOTE_ERROR, SHUTTING_DOWN, TIMEOUT, LimitError, is_text
 from .manager import UNAVAILABLE, ModelLoadError
-from .params import MAX_SEED, MAX_TEMPERATURE, MIN_SEED, MIN_TEMPERATURE, stop_problem
+from .params import MAX_SEED, MAX_TEMPERATURE, MAX_TOP_LOGPROBS, MIN_SEED, MIN_TEMPERATURE, stop_problem
 from .registry import UnknownModelError
 
 STATUS = {BUSY: 429, RATE_LIMITED: 429, TIMEOUT: 504, REMOTE_ERROR: 502, SHUTTING_DOWN: 503}  # others: 400
@@ -109,6 +109,8 @@ class ChatRequest(BaseModel):
     chat_template_kwargs: Optional[dict] = None
     reasoning_effort: Optional[str] = None
     response_format: Optional[dict] = None
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("temperature")
     @classmethod
@@ -135,6 +137,8 @@ class ChatRequest(BaseModel):
                                   "seed": self.seed, "stop": tuple(self.stop or ())}
         if self.temperature == 0:
             values["greedy"] = True
+        if self.logprobs:
+            values["logprobs"] = self.top_logprobs or 0
         return values
 
 
@@ -224,6 +228,8 @@ async def _chat(hub: Hub, request: Request):
     except LimitError as e:
         hub.metrics.count(body.model, e.code)
         raise ApiError(429, str(e), "rate_limit_error", e.code, retry_after_s=e.retry_after_s) from None
+    if body.top_logprobs is not None and not body.logprobs:  # as OpenAI answers
+        raise ApiError(400, "top_logprobs: needs logprobs set to true", param="top_logprobs")
     messages, tools, choice = _checked_tools(body)
     loaded = await _load(hub, body.model)
     chat = _chat_options(body, loaded, tools, choice)
@@ -244,7 +250,9 @@ async def _chat(hub: Hub, request: Request):
             usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(reply.sse(pump, first, usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        last = await pump.last(first)
+        last = first
+        async for last in pump.chunks(first):
+            reply.keep_logprobs(last)
     finally:
         watcher.cancel()
     if last.finish_reason == "error":
@@ -438,12 +446,6 @@ class _Pump:
             if chunk is _DONE:
                 return
 
-    async def last(self, first: Chunk) -> Chunk:
-        last = first
-        async for last in self.chunks(first):
-            pass
-        return last
-
 
 async def _cancel_on_disconnect(request: Request, cancel: CancelToken) -> None:
     while not cancel.cancelled:
@@ -460,6 +462,7 @@ class _Reply:
         self.model, self.parser, self.tokenizer = model, parser, tokenizer
         self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self.calls = 0
+        self.logprobs: list | None = None  # entries not yet sent (streaming) or all of them; None: none given
         if parser is not None and prefix:
             parser.feed(prefix)  # a forced call's opening: the prompt wrote it, the parser reads it as the reply's
 
@@ -478,8 +481,23 @@ class _Reply:
         self.calls = len(whole.tool_calls)
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": self.finish_of(last),
-                             "logprobs": None}],
+                             "logprobs": self.take_logprobs(whole=True)}],
                 "usage": self.usage_of(last)}
+
+    def keep_logprobs(self, chunk: Chunk) -> None:
+        if chunk.logprobs is not None:
+            self.logprobs = self.logprobs if self.logprobs is not None else []
+            self.logprobs.extend(chunk.logprobs)
+
+    def take_logprobs(self, whole: bool = False) -> dict | None:
+        """OpenAI's `logprobs` of the entries kept since the last call (one per generated token, the
+        reasoning's included, as vLLM reports them); None when none were given (not asked, or a remote that
+        gives none), and in a stream event when none are new."""
+        if self.logprobs is None or not (whole or self.logprobs):
+            return None
+        entries, self.logprobs = self.logprobs, []
+        return {"content": [_token_logprob(e) | {"top_logprobs": [_token_logprob(t) for t in e.top]}
+                            for e in entries], "refusal": None}
 
     def finish_of(self, chunk: Chunk) -> str:
         return "tool_calls" if self.calls and chunk.finish_reason != "length" else finish_of(chunk)
@@ -500,8 +518,9 @@ class _Reply:
         return out
 
     def event(self, delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        """One stream event; a choice's delta carries the logprob entries kept until then."""
         choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish,
-                                             "logprobs": None}]
+                                             "logprobs": self.take_logprobs()}]
         payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                    "model": self.model, "choices": choices}
         if usage is not None:
@@ -517,6 +536,7 @@ class _Reply:
         try:
             yield self.event({"role": "assistant", "content": ""})
             async for last in pump.chunks(first):
+                self.keep_logprobs(last)  # sent with the next event (a parser may hold text back)
                 for delta in self.deltas(self.split(last)):
                     yield self.event(delta)
             if last.finish_reason == "error":
@@ -529,6 +549,14 @@ class _Reply:
             yield "data: [DONE]\n\n"
         finally:
             pump.cancel.cancel()  # no-op after a normal end; stops the model when the client left
+
+
+def _token_logprob(entry) -> dict:
+    """A demo.stream.TokenLogprob as OpenAI writes one; `bytes` are its text's (None where the text is not
+    whole characters)."""
+    text = entry.token
+    return {"token": text, "logprob": entry.logprob,
+            "bytes": None if "\ufffd" in text else list(text.encode("utf-8"))}
 
 
 def finish_of(chunk: Chunk) -> str:

@@ -24,6 +24,7 @@ import torch
 
 from .decodeplan import LinearPlan
 from .fastdecode import LeanDecode
+from .logprobs import distribution, token_entry
 from .memory import model_bytes, trim_c_heap
 from .prepack import Packing
 from .rounding import heavy_tailed, within_rounding
@@ -400,6 +401,9 @@ class BatchedDecoder:
     def _take(self, slot: _Slot, logits: torch.Tensor) -> None:
         """Pick the next token of one row from its logits, hand it over, and decide whether the row ends."""
         scores = logits.to(dtype=torch.float32)
+        top = slot.request.params.logprobs
+        # logprobs (demo/logprobs.py): of the model's own scores, before the penalty, temperature, top-k, top-p
+        step = distribution(scores[0]) if top is not None else None
         for processor in slot.processors:
             scores = processor(slot.history, scores)
         if not slot.processors.sample:
@@ -409,7 +413,7 @@ class BatchedDecoder:
             token = int(torch.multinomial(probs, 1, generator=slot.generator))
         slot.history = torch.cat([slot.history, slot.history.new_tensor([[token]])], dim=1)
         slot.next_token, slot.generated = token, slot.generated + 1
-        slot.request.deliver([token])
+        slot.request.deliver([token], None if step is None else [token_entry(step, token, top)])
         request = slot.request
         if token in request.stop_ids or slot.generated >= request.params.max_new_tokens or request.stopped():
             slot.done = True

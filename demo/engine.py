@@ -21,14 +21,15 @@ from dataclasses import replace
 from typing import Iterator, Sequence
 
 import torch
-from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
-                          StoppingCriteriaList, TextIteratorStreamer)
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                          StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer)
 
 from adapters.base import NO_OPTIONS, AdapterError, ChatOptions, ContextTooLong
 
 from .limits import (CONTEXT_TOO_LONG, INVALID, SHUTDOWN, SHUTDOWN_MESSAGE, SHUTTING_DOWN, TIMEOUT, LimitError,
                      capped, check_messages, check_params)
 from .loaded import LoadedModel
+from .logprobs import LogprobTrail, distribution, named, token_entry
 from .params import GenerationParams
 from .stream import CancelToken, Chunk, GenerationError, Prompt, Stats
 from .textstream import IncrementalDecoder, StopStringFilter
@@ -56,18 +57,36 @@ class _RowProcessor(LogitsProcessor):
                             for ids, row in zip(input_ids, scores)])
 
 
-def _processors(fns) -> LogitsProcessorList | None:
-    return LogitsProcessorList([_RowProcessor(fn) for fn in fns]) if fns else None
+class _Recorder(LogitsProcessor):
+    """Keeps the step's log-softmax for the streamer, which generate() hands only the chosen token. It runs
+    after the hub's processors (a grammar) and before generate's temperature, top-k and top-p; the repetition
+    penalty then runs after it (see _Run._generate), so the logprobs are demo/logprobs.py's on every engine."""
+
+    def __init__(self):
+        self.row = None
+
+    def __call__(self, input_ids, scores):
+        self.row = distribution(scores[0])
+        return scores
 
 
 class _IdStreamer(TextIteratorStreamer):
-    """Queues new token ids instead of text; decoding happens on the consumer side."""
+    """Queues (new token ids, their logprob entries or None) instead of text; decoding happens on the
+    consumer side. With a `recorder` (a request that wants logprobs) each token gets its entry."""
+
+    def __init__(self, *args, recorder: _Recorder | None = None, top: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recorder, self.top = recorder, top
 
     def put(self, value):
         if self.skip_prompt and self.next_tokens_are_prompt:
             self.next_tokens_are_prompt = False
             return
-        self.text_queue.put(value.reshape(-1).tolist(), timeout=self.timeout)
+        ids = value.reshape(-1).tolist()
+        entries = None
+        if self.recorder is not None:  # one row, so one token a step
+            entries = [token_entry(self.recorder.row, token, self.top) for token in ids]
+        self.text_queue.put((ids, entries), timeout=self.timeout)
 
     def end(self):
         self.text_queue.put(self.stop_signal, timeout=self.timeout)
@@ -165,8 +184,9 @@ def stream_tokens(loaded: LoadedModel, prompt: Prompt, params: GenerationParams,
     """The engine's side of a token-level backend whose decode loop serves every request together.
 
     `loop.submit(run)` takes the request; the loop reads `run.input_ids`, `run.params`, `run.stop_ids`,
-    `run.logits_processors` and `run.stopped()`, and answers through `run.admitted()`, `run.deliver(ids)`
-    and `run.finish(error)`. Here the ids become text: partial characters and partial stop strings are
+    `run.logits_processors` and `run.stopped()`, and answers through `run.admitted()`, `run.deliver(ids,
+    entries)` (entries: demo.logprobs.token_entry's, when `run.params.logprobs` is not None) and
+    `run.finish(error)`. Here the ids become text: partial characters and partial stop strings are
     held back, stats counted, timeouts and cancel enforced.
     """
     stats = Stats(prompt_tokens=len(prompt.input_ids))
@@ -230,7 +250,11 @@ class _Run:
         self.stop_ids, self.stats = set(stop_ids), stats
         self.decoder = IncrementalDecoder(loaded.tokenizer)
         self.filter = StopStringFilter(stop_strings)
-        self.streamer = _IdStreamer(loaded.tokenizer, skip_prompt=True, timeout=POLL_S)
+        wants_logprobs = params.logprobs is not None
+        self.trail = LogprobTrail() if wants_logprobs else None
+        self.recorder = _Recorder() if wants_logprobs and batcher is None else None
+        self.streamer = _IdStreamer(loaded.tokenizer, skip_prompt=True, timeout=POLL_S, recorder=self.recorder,
+                                    top=params.logprobs or 0)
         self.failure: BaseException | None = None
         self.text, self.output_ids = "", []
 
@@ -239,9 +263,16 @@ class _Run:
             if self.params.seed is not None:
                 torch.manual_seed(self.params.seed)
             tensor = torch.tensor([self.input_ids], device=self.loaded.device)
+            kwargs = self.params.generate_kwargs()
+            processors = [_RowProcessor(fn) for fn in self.logits_processors]
+            if self.recorder is not None:  # generate() runs its own penalty before these; this one after
+                penalty = kwargs.pop("repetition_penalty", None)
+                processors.append(self.recorder)
+                if penalty not in (None, 1.0):
+                    processors.append(RepetitionPenaltyLogitsProcessor(penalty))
             self.loaded.model.generate(
                 input_ids=tensor, attention_mask=torch.ones_like(tensor), streamer=self.streamer,
-                generation_config=self._config(), logits_processor=_processors(self.logits_processors),
+                generation_config=self._config(kwargs), logits_processor=LogitsProcessorList(processors) or None,
                 stopping_criteria=StoppingCriteriaList([_CancelCriteria(self.cancel, self.halt)]))
         except BaseException as e:  # reported to the consumer as finish_reason "error"
             self.failure = e
@@ -250,10 +281,10 @@ class _Run:
             except queue.Full:
                 pass
 
-    def _config(self) -> GenerationConfig:
+    def _config(self, kwargs: dict) -> GenerationConfig:
         pad = self.loaded.tokenizer.pad_token_id
         eos = sorted(self.stop_ids) or None
-        return GenerationConfig(**self.params.generate_kwargs(), eos_token_id=eos,
+        return GenerationConfig(**kwargs, eos_token_id=eos,
                                 pad_token_id=pad if pad is not None else (eos or [0])[0])
 
     # -- the batched producer's side (called on the decode loop's thread) ---------------------
@@ -264,8 +295,9 @@ class _Run:
         self.started = time.perf_counter()
         self.stats.queue_s = self.started - self.queued
 
-    def deliver(self, ids: list[int]) -> None:
-        self.streamer.text_queue.put(ids)
+    def deliver(self, ids: list[int], entries: list | None = None) -> None:
+        """The next ids, and when the request wants logprobs their entries (demo.logprobs.token_entry)."""
+        self.streamer.text_queue.put((ids, entries))
 
     def finish(self, error: BaseException | None = None) -> None:
         if self.ticket.done.is_set():
@@ -292,7 +324,7 @@ class _Run:
             finish = None
             while finish is None:
                 try:
-                    ids = next(self.streamer)
+                    ids, entries = next(self.streamer)
                 except queue.Empty:
                     now = time.perf_counter()
                     finish = self._check_waiting(worker, now - last_token, now - self.started,
@@ -302,16 +334,19 @@ class _Run:
                     finish = self._finish_reason()
                     break
                 last_token = time.perf_counter()
-                delta = self._accept(ids, last_token)
+                delta = self._accept(ids, entries, last_token)
                 if self.filter.matched is not None:
                     self.halt.cancel()
                     finish = "stop"
+                    self._tail = delta  # the text before the stop string goes out with the last chunk
                 elif timeout_s is not None and last_token - self.started > timeout_s:
                     finish = self._timed_out(timeout_s)  # a steady stream must end too, not just a stall
                 elif delta:
                     yield self._chunk(delta)
             if self.filter.matched is None and finish != "error":
                 self._emit_text(self.decoder.flush(), final=True)
+            if self.trail is not None:
+                self.trail.end(cut=self.filter.matched is not None or finish == "error")
             yield self._chunk(self._tail, finish, self._error_text(finish))
         finally:
             self.halt.cancel()  # a consumer that goes away (disconnect) stops the worker too
@@ -322,18 +357,36 @@ class _Run:
     ticket = None
     logits_processors: list = []  # set per run (structured output); empty: plain sampling
 
-    def _accept(self, ids: list[int], now: float) -> str:
+    def _accept(self, ids: list[int], entries: list | None, now: float) -> str:
         if self.stats.ttft_s is None:
             self.stats.ttft_s = now - self.started
             self.first_token_at = now
         self.output_ids += ids
         self.stats.new_tokens = len(self.output_ids)
         self._update_rate(now)
+        if self.trail is not None and entries is not None:
+            return self._emit_text(self._decode_with_logprobs(ids, entries), final=False)
         text_ids = [i for i in ids if i not in self.stop_ids]
         return self._emit_text(self.decoder.add(text_ids) if text_ids else "", final=False)
 
+    def _decode_with_logprobs(self, ids: list[int], entries: list) -> str:
+        """Decode token by token, so each entry gets the text its token added (and each alternative the text
+        it would have added); a stop token is not part of the reply, so it has no entry."""
+        text = ""
+        for token, entry in zip(ids, entries):
+            if token in self.stop_ids:
+                continue
+            others = [t.token_id for t in entry.top if t.token_id != token]
+            texts = dict(zip(others, self.decoder.peek(others))) if others else {}  # before the token joins
+            piece = texts[token] = self.decoder.add([token])
+            self.trail.add([named(entry, texts)], piece)
+            text += piece
+        return text
+
     def _emit_text(self, decoded: str, final: bool) -> str:
         shown = self.filter.feed(decoded) + (self.filter.flush() if final else "")
+        if self.trail is not None:
+            self.trail.show(len(shown))  # before the strip below: the trail counts decoded characters
         if not self.text and getattr(self.loaded.adapter, "strip_reply_start", False):
             shown = shown.lstrip()  # e.g. ChatGLM3's empty metadata line before the reply
         self.text += shown
@@ -390,7 +443,8 @@ class _Run:
         if finish:
             self.stats.elapsed_s = time.perf_counter() - self.started
         return Chunk(self.text, delta, replace(self.stats), finish, error, list(self.output_ids),
-                     self.input_ids if finish else [], self.code if finish == "error" else None)
+                     self.input_ids if finish else [], self.code if finish == "error" else None,
+                     self.trail.take() if self.trail is not None else None)
 
 
 class _Ticket:

@@ -11,6 +11,7 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0
 MIN_SEED, MAX_SEED = -2**63, 2**64 - 1
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 200
 MAX_REPETITION_PENALTY = 10.0
+MAX_TOP_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class GenerationParams:
     seed: int | None = None
     greedy: bool = False
     stop: tuple[str, ...] = ()  # the caller's stop strings, on top of the family's; the reply ends before one
+    # Not sampling but what the reply reports: None, no logprobs (nothing computed); N, each token's logprob
+    # and its N most likely alternatives (the API's logprobs/top_logprobs; see demo/logprobs.py)
+    logprobs: int | None = None
 
     def override(self, values: dict | None) -> "GenerationParams":
         """A copy with every non-None value of `values` that names a field."""
@@ -38,7 +42,10 @@ class GenerationParams:
                 "top_p": self.top_p, "top_k": self.top_k, "repetition_penalty": self.repetition_penalty}
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["logprobs"] is None:  # as before the field existed (a batch job's journal compares these)
+            del values["logprobs"]
+        return values
 
     def problem(self) -> str | None:
         """Why these values cannot be used (every caller gets the same ranges), or None."""
@@ -56,6 +63,8 @@ class GenerationParams:
             return f"max_new_tokens must be a positive integer (got {self.max_new_tokens!r})"
         if self.seed is not None and (not _integer(self.seed) or not MIN_SEED <= self.seed <= MAX_SEED):
             return "seed must be a 64-bit integer (from -2**63 to 2**64 - 1)"
+        if self.logprobs is not None and (not _integer(self.logprobs) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            return f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS} (got {self.logprobs!r})"
         return stop_problem(self.stop)
 
 

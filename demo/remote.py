@@ -17,10 +17,11 @@ import httpx
 
 from .limits import (BUSY, CONTEXT_TOO_LONG, REMOTE_CONCURRENCY, REMOTE_ERROR, SHUTDOWN, SHUTDOWN_MESSAGE,
                      SHUTTING_DOWN, TIMEOUT, Gate)
+from .logprobs import LogprobTrail, finite
 from .params import GenerationParams
 from .registry import Limits, ModelEntry
 from .textstream import StopStringFilter
-from .stream import OPENAI, Capabilities
+from .stream import OPENAI, Capabilities, TokenLogprob
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -87,6 +88,8 @@ class RemoteModel:
             body["seed"] = params.seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.logprobs is not None:  # forwarded; the remote's own logprobs come back as they are
+            body["logprobs"], body["top_logprobs"] = True, params.logprobs
         return body
 
     def stream_remote(self, messages, params, cancel=None, timeout_s: float | None = None,
@@ -147,6 +150,9 @@ class _RemoteStream:
         self.Chunk, self.stats, self.text = chunk_type, stats, ""
         # The remote gets `stop` too; this holds it back here as well, for a server that ignores it.
         self.stops = StopStringFilter(params.stop)
+        # The remote's logprob entries, held back and cut with their text; None: not asked, or none sent yet
+        self.trail = LogprobTrail() if params.logprobs is not None else None
+        self.got_logprobs = False
 
     def run(self, body: dict) -> Iterator:
         self.started = time.perf_counter()
@@ -170,7 +176,7 @@ class _RemoteStream:
                         if self.stops.matched is not None:
                             finish = "stop"
                         if delta:
-                            yield self.Chunk(self.text, delta, _copy(self.stats))
+                            yield self.Chunk(self.text, delta, _copy(self.stats), logprobs=self._logprobs())
         except RemoteError as e:
             finish, error, code = "error", str(e), e.code
         except httpx.HTTPError as e:
@@ -181,8 +187,12 @@ class _RemoteStream:
             error = error or f"generation took longer than {self.timeout_s:g} s"
         tail = self.stops.flush()
         self.text += tail
+        if self.trail is not None:
+            self.trail.show(len(tail))
+            self.trail.end(cut=self.stops.matched is not None or finish == "error")
         self.stats.elapsed_s = time.perf_counter() - self.started
-        yield self.Chunk(self.text, tail, _copy(self.stats), finish or "stop", error, code=code)
+        yield self.Chunk(self.text, tail, _copy(self.stats), finish or "stop", error, code=code,
+                         logprobs=self._logprobs())
 
     def _finish_now(self) -> str | None:
         if SHUTDOWN.is_set():
@@ -204,9 +214,21 @@ class _RemoteStream:
         delta = (choices[0].get("delta") or {}).get("content") or ""
         if delta:
             self._count(delta)
+            if self.trail is not None:
+                self.trail.add(_entries(choices[0].get("logprobs")), delta)
             delta = self.stops.feed(delta)
+            if self.trail is not None:
+                self.trail.show(len(delta))
             self.text += delta
         return delta, choices[0].get("finish_reason")
+
+    def _logprobs(self) -> list | None:
+        """The entries released with this chunk; None until the remote has sent any (it may not give them)."""
+        if self.trail is None:
+            return None
+        entries = self.trail.take()
+        self.got_logprobs = self.got_logprobs or bool(entries)
+        return entries if self.got_logprobs else None
 
     def _count(self, delta: str) -> None:
         now = time.perf_counter()
@@ -216,6 +238,20 @@ class _RemoteStream:
         self.stats.elapsed_s = now - self.started
         span = now - self.first_at
         self.stats.tokens_per_s = (self.stats.new_tokens - 1) / span if span > 0 else 0.0
+
+
+def _entries(logprobs) -> list[TokenLogprob]:
+    """An OpenAI `logprobs` object's content entries as the hub's records (an odd one is skipped)."""
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    out = []
+    for item in content if isinstance(content, list) else []:
+        try:
+            top = tuple(TokenLogprob(str(t["token"]), finite(float(t["logprob"])))
+                        for t in item.get("top_logprobs") or [])
+            out.append(TokenLogprob(str(item["token"]), finite(float(item["logprob"])), top=top))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return out
 
 
 def _events(response: httpx.Response) -> Iterator[dict]:

@@ -53,6 +53,19 @@ class Stats:
         return f"{self.new_tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {ttft}"
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, and its `top` most likely alternatives at that step (best first,
+    each a TokenLogprob without alternatives). `token` is the text the token added to the reply (the engine
+    fills it in; "" for the first part of a character split across tokens); `token_id` is None for a
+    remote's entries."""
+
+    token: str
+    logprob: float
+    token_id: int | None = None
+    top: tuple["TokenLogprob", ...] = ()
+
+
 @dataclass
 class Chunk:
     text: str  # the reply so far
@@ -63,6 +76,9 @@ class Chunk:
     output_ids: list[int] = field(default_factory=list)  # new ids so far (stop id included)
     prompt_ids: list[int] = field(default_factory=list)
     code: str | None = None  # with an error: what kind (demo/limits.py), so the API can pick a status
+    # When the request asked for them (GenerationParams.logprobs): the entries of the tokens released with
+    # this chunk's delta (held back and cut with the text); None when not asked or not given (a remote).
+    logprobs: list[TokenLogprob] | None = None
 
 
 class GenerationError(RuntimeError):

@@ -27,6 +27,15 @@ class IncrementalDecoder:
         self.ids.extend(ids)
         return self._advance(final=False)
 
+    def peek(self, tokens: Sequence[int]) -> list[str]:
+        """The text each of `tokens` would add if it came next (a U+FFFD where it leaves a character
+        incomplete; a special token's own name where it decodes to nothing); changes nothing."""
+        seen = self.decode(self.ids[self.prefix:self.read])
+        window = self.ids[self.prefix:]
+        texts = [self.decode([*window, token])[len(seen):] for token in tokens]
+        named = getattr(self.tokenizer, "convert_ids_to_tokens", None)
+        return [text or (named(token) if named else "") or "" for token, text in zip(tokens, texts)]
+
     def flush(self) -> str:
         """What is left at the end, less a character that the last token left incomplete."""
         return self._advance(final=True)

@@ -44,10 +44,13 @@ class EchoAdapter(ChatAdapter):
 
 
 class ScriptedModel:
-    """`generate` replays a script of token ids, honouring streamer, stopping criteria, eos and max_new_tokens."""
+    """`generate` replays a script of token ids, honouring streamer, stopping criteria, eos and max_new_tokens.
 
-    def __init__(self, script: list[int], step_s: float = 0.0, crash_after: int | None = None):
-        self.script, self.step_s, self.crash_after = script, step_s, crash_after
+    With `scores` ([steps, vocab]), step n's logits processors see row n, as generate() would show them."""
+
+    def __init__(self, script: list[int], step_s: float = 0.0, crash_after: int | None = None, scores=None):
+        self.script, self.step_s, self.crash_after, self.scores = script, step_s, crash_after, scores
+        self.saw_processors = False
         self.steps_run = 0
         self.finished = threading.Event()
         self.dummy = torch.nn.Parameter(torch.zeros(1))
@@ -58,15 +61,19 @@ class ScriptedModel:
     def buffers(self):
         return iter([])
 
-    def generate(self, input_ids, streamer, generation_config, stopping_criteria, **_):
+    def generate(self, input_ids, streamer, generation_config, stopping_criteria, logits_processor=None, **_):
         try:
             streamer.put(input_ids[0])
             ids = input_ids
             eos = set(generation_config.eos_token_id or [])
+            self.saw_processors = bool(logits_processor)
             for n, token in enumerate(self.script[:generation_config.max_new_tokens]):
                 if self.crash_after is not None and n == self.crash_after:
                     raise RuntimeError("scripted crash")
                 time.sleep(self.step_s)
+                if self.scores is not None:
+                    for processor in logits_processor or []:
+                        processor(ids, self.scores[n:n + 1].clone())
                 ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
                 self.steps_run += 1
                 streamer.put(torch.tensor([token]))
@@ -78,10 +85,11 @@ class ScriptedModel:
 
 
 def scripted(text_or_ids, step_s: float = 0.0, crash_after: int | None = None,
-             stop_strings=(), max_new_tokens: int = 512) -> LoadedModel:
+             stop_strings=(), max_new_tokens: int = 512, scores=None) -> LoadedModel:
     script = list(text_or_ids.encode("utf-8")) if isinstance(text_or_ids, str) else list(text_or_ids)
     adapter = EchoAdapter()
     adapter.stop_strings = tuple(stop_strings)
-    return on_transformers(LoadedModel(id="scripted", model=ScriptedModel(script, step_s, crash_after), tokenizer=ByteTokenizer(),
+    model = ScriptedModel(script, step_s, crash_after, scores)
+    return on_transformers(LoadedModel(id="scripted", model=model, tokenizer=ByteTokenizer(),
                        adapter=adapter, defaults=GenerationParams(max_new_tokens=max_new_tokens, greedy=True),
                        context_length=None))

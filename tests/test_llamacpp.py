@@ -168,3 +168,12 @@ def test_bench_llama_part_at_a_tiny_size(llama):
     assert report["greedy_equal_to_bare"] and all(c["each_equal_to_one_client"] for c in report["concurrency"])
     assert {"llama_engine_vs_bare_decode", "llama_cold_load_s", "llama_2_clients_vs_1"} <= set(ratios(report))
     assert {key for key, *_ in TARGETS} >= {"llama_engine_vs_bare_decode", "llama_rss_growth_vs_file"}
+
+
+def test_logprobs_greedy_tokens_are_the_most_likely_and_spell_the_reply(llama):
+    chunks = list(stream_chat(llama, FRANCE, greedy(llama, 12).override({"logprobs": 3})))
+    entries = [e for c in chunks for e in c.logprobs]
+    stops = set(llama.adapter.stop_token_ids(llama.tokenizer, llama.extra_stop_ids))
+    assert [e.token_id for e in entries] == [i for i in chunks[-1].output_ids if i not in stops]
+    assert "".join(e.token for e in entries) == chunks[-1].text  # here "L'Étoile, la Marseillaise,"
+    assert all(e.top[0].token_id == e.token_id and e.top[0].logprob == e.logprob >= e.top[1].logprob for e in entries)

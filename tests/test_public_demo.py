@@ -110,6 +110,30 @@ def test_streaming_chat_in_openai_format(client):
     assert len({c.id for c in chunks}) == 1
 
 
+@pytest.mark.parametrize("model", ["smollm2-135m", "smollm2-llama"])  # the transformers and llama.cpp engines
+def test_logprobs_in_the_clients_types_streaming_and_not(client, model):
+    if model == "smollm2-llama" and not llama_cpp_status()[0]:
+        pytest.skip(llama_cpp_status()[1])
+    args = dict(model=model, messages=FRANCE, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3)
+    choice = client.chat.completions.create(**args).choices[0]
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content and len(entries) <= 8
+    for e in entries:  # greedy: each token is its step's most likely; bytes are its text's
+        assert e.top_logprobs[0].token == e.token and e.top_logprobs[0].logprob == e.logprob
+        assert len(e.top_logprobs) == 3 and bytes(e.bytes).decode() == e.token
+    streamed = [c.choices[0] for c in client.chat.completions.create(**args, stream=True) if c.choices]
+    for c in streamed:  # each delta carries the entries of its tokens
+        assert "".join(e.token for e in (c.logprobs.content if c.logprobs else [])) == (c.delta.content or "")
+    assert [e.token for c in streamed if c.logprobs for e in c.logprobs.content] == [e.token for e in entries]
+
+
+def test_top_logprobs_needs_logprobs_and_at_most_20(client):
+    for extra in ({"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="smollm2-135m", messages=FRANCE, max_tokens=2, **extra)
+        assert caught.value.body["param"] == "top_logprobs"
+
+
 def test_unknown_model_is_a_404_model_not_found(client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model="gpt-17", messages=FRANCE)
@@ -160,6 +184,13 @@ def test_remote_model_streams_through_the_hub_api(client):
     deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(deltas) >= 3  # streamed token by token from the remote, relayed by the hub
     assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_logprobs_are_forwarded_to_the_remote(client):
+    """transformers serve ignores logprobs (its log says so): the reply comes, with none to pass on."""
+    reply = client.chat.completions.create(model="remote-tiny", messages=FRANCE, max_tokens=4, logprobs=True,
+                                           top_logprobs=2)
+    assert reply.choices[0].message.content and reply.choices[0].logprobs is None
 
 
 def test_remote_model_streams_through_the_ui_path(servers):

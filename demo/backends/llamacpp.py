@@ -8,7 +8,8 @@ the free list.
 
 The prompt ids are the family adapter's (those of `prompt --json`); llama.cpp's own tokenizer and chat
 template are not used. Sampling (temperature, top-k, top-p, repetition penalty, seed; argmax when
-greedy) runs here on the step's logits, with the request's logits processors applied first.
+greedy) runs here on the step's logits, with the request's logits processors applied first; a request that
+asks for logprobs gets them from the same logits (demo/logprobs.py).
 The loop speaks the engine's producer protocol (demo.engine.stream_tokens): the engine turns the ids into
 text, holds back stop strings, counts stats and enforces cancel and timeouts.
 """
@@ -28,6 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..logprobs import distribution, token_entry
 from ..stream import LLAMA_CPP, CancelToken, Capabilities, Chunk, Prompt
 
 log = logging.getLogger(__name__)
@@ -174,10 +176,14 @@ class Sampler:
         self.penalty = params.repetition_penalty
         self.processors = list(processors)
         self.rng = np.random.default_rng(params.seed)
+        self.top = params.logprobs  # None: no logprobs wanted
+        self.step: np.ndarray | None = None  # the last call's log-softmax, when logprobs are wanted
 
     def __call__(self, logits: np.ndarray, ids: list[int]) -> int:
         for processor in self.processors:
             logits = np.asarray(processor(ids, logits), dtype=np.float32)
+        if self.top is not None:  # demo/logprobs.py: after a grammar's mask, before penalty and temperature
+            self.step = distribution(logits)
         if self.penalty != 1.0 and ids:
             seen = np.unique(np.asarray(ids, dtype=np.int64))
             scores = logits[seen]
@@ -343,7 +349,8 @@ class DecodeLoop:
         s.ids.append(token)
         s.new += 1
         s.next_token = token
-        s.request.deliver([token])
+        sampler = s.sampler
+        s.request.deliver([token], None if sampler.top is None else [token_entry(sampler.step, token, sampler.top)])
         if token in s.stop_ids or s.new >= s.request.params.max_new_tokens:
             self._end(s)
 
