@@ -22,7 +22,7 @@ from adapters.replyparse import ReplyDelta, forced_call_prefix
 from adapters.tools import ToolError, check_tools, tool_names
 
 from .engine import CancelToken, Chunk, stream_chat
-from .replies import reasoning_tokens, reply_parser
+from .replies import reasoning_tokens, reply_parser, served_delta
 from .hub import Hub, client_address, login_keys
 from .limits import BUSY, RATE_LIMITED, REMOTE_ERROR, SHUTTING_DOWN, TIMEOUT, LimitError, is_text
 from .manager import UNAVAILABLE, ModelLoadError
@@ -236,7 +236,7 @@ async def _chat(hub: Hub, request: Request):
     parser = reply_parser(loaded, messages, chat, tool_names(chat.tools) if choice != "none" else None)
     params = loaded.defaults.override(body.sampling())
     cancel = CancelToken()
-    stream = stream_chat(loaded, messages, params, cancel, chat=chat, **_constraint(body, loaded))
+    stream = stream_chat(loaded, messages, params, cancel, chat=chat, **_engine_fields(body, loaded, chat))
     pump = _Pump(stream, cancel, lambda last: hub.metrics.finished(body.model, last, client))
     # Until the response streams, a client that leaves (also while waiting for the model) cancels here.
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
@@ -300,12 +300,13 @@ def _chat_options(body: ChatRequest, loaded, tools, choice) -> ChatOptions:
         kwargs.setdefault(variable, False)
     if choice == "none":
         tools = None
-    if tools and (adapter is None or not adapter.takes_tools(tokenizer)):
-        family = f"its family, {adapter.family}," if adapter is not None else "it is served elsewhere and"
+    served = not loaded.backend.capabilities.exact_prompt_ids  # its server renders tools and parses calls
+    if tools and not served and (adapter is None or not adapter.takes_tools(tokenizer)):
+        family = f"its family, {adapter.family}," if adapter is not None else "it"
         raise ApiError(400, f"the model `{body.model}` cannot take tools: {family} has no tool-call format",
                        param="tools")
     prefix = ""
-    if tools and choice not in (None, "auto"):
+    if tools and not served and choice not in (None, "auto"):
         fmt = adapter.reply_format(tokenizer).tools
         prefix = forced_call_prefix(fmt, None if choice == "required" else choice)
     from adapters.generic import template_variables
@@ -318,13 +319,31 @@ def _chat_options(body: ChatRequest, loaded, tools, choice) -> ChatOptions:
     return chat
 
 
+def _engine_fields(body: ChatRequest, loaded, chat: ChatOptions) -> dict:
+    """What stream_chat gets beside the messages: a local engine, response_format as a logits processor; a
+    server that templates messages itself, tool_choice and response_format, which it enforces."""
+    if loaded.backend.capabilities.exact_prompt_ids:
+        return _constraint(body, loaded)
+    from .structured import ConstraintError, json_schema_of
+
+    fields = {}
+    if chat.tools and body.tool_choice is not None:
+        fields["tool_choice"] = body.tool_choice
+    try:
+        if body.response_format is not None and json_schema_of(body.response_format) is not None:
+            fields["response_format"] = body.response_format
+    except ConstraintError as e:
+        raise ApiError(400, str(e), param="response_format") from None
+    return {"request_fields": fields}
+
+
 def _constraint(body: ChatRequest, loaded) -> dict:
     """response_format json_object / json_schema as the engine's logits processor (demo/structured.py)."""
     kind = (body.response_format or {}).get("type", "text")
     if kind == "text":
         return {}
     if not loaded.backend.capabilities.logits_processors:
-        raise ApiError(400, f"response_format: the model `{body.model}` is served elsewhere; the hub cannot "
+        raise ApiError(400, f"response_format: the model `{body.model}` runs on an engine that cannot "
                             f"constrain its decoding", param="response_format")
     from .structured import ConstraintError, json_constraint
 
@@ -467,13 +486,16 @@ class _Reply:
             parser.feed(prefix)  # a forced call's opening: the prompt wrote it, the parser reads it as the reply's
 
     def split(self, chunk: Chunk) -> ReplyDelta:
-        if self.parser is None:
-            return ReplyDelta(content=chunk.delta)
+        if self.parser is None:  # the engine's server split the reply (or there is nothing to split)
+            return served_delta(chunk, self.calls)
         delta = self.parser.feed(chunk.delta)
         return delta.add(self.parser.finish()) if chunk.finish_reason else delta
 
     def completion(self, last: Chunk) -> dict:
-        whole = self.split(Chunk(last.text, last.text, last.stats, last.finish_reason or "stop"))
+        if self.parser is None:
+            whole = ReplyDelta(last.reasoning, last.text, list(last.tool_calls))
+        else:
+            whole = self.split(Chunk(last.text, last.text, last.stats, last.finish_reason or "stop"))
         message = {"role": "assistant", "content": whole.content or (None if whole.tool_calls else ""),
                    "reasoning_content": whole.reasoning or None}
         if whole.tool_calls:

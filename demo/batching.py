@@ -6,9 +6,10 @@ a single forward pass: on a memory-bound CPU (and on a GPU) a batch of 4 costs l
 1. Requests join and leave between steps; a finished row is cut out of the cache, and columns that are
 padding in every remaining row are trimmed, so a request that ends up alone runs unpadded again.
 
-Each request keeps its own sampling (temperature, top_p, top_k, repetition penalty, seed), stop ids and
-cancel. The loop also replaces `generate()` for a single stream: it skips generate's per-step bookkeeping,
-and for Llama-shaped models each step runs the checked lean step of `demo.fastdecode`.
+Each request keeps its own sampling (temperature, top_p, top_k, repetition penalty, seed), logits
+processors (a grammar, demo/structured.py), stop ids and cancel. The loop also replaces `generate()` for a
+single stream: it skips generate's per-step bookkeeping, and for Llama-shaped models each step runs the
+checked lean step of `demo.fastdecode`.
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def _in_chunks(forward, rows: int):
 
 @dataclass
 class _Slot:
-    request: object  # a _Run of the engine: input_ids, params, stop_ids, stopped(), deliver(), finish()
+    request: object  # the engine's _Run: input_ids, params, stop_ids, logits_processors, stopped(), deliver(), finish()
     history: torch.Tensor  # prompt + generated ids, [1, n], for the repetition penalty
     processors: list
     generator: torch.Generator | None
@@ -401,6 +402,12 @@ class BatchedDecoder:
     def _take(self, slot: _Slot, logits: torch.Tensor) -> None:
         """Pick the next token of one row from its logits, hand it over, and decide whether the row ends."""
         scores = logits.to(dtype=torch.float32)
+        hub_processors = getattr(slot.request, "logits_processors", None)
+        if hub_processors:  # the request's own (a grammar): first, as generate() puts them before its warpers
+            row, ids = scores[0], slot.history[0].tolist()
+            for fn in hub_processors:
+                row = torch.as_tensor(fn(ids, row), dtype=torch.float32, device=row.device)
+            scores = row.unsqueeze(0)
         top = slot.request.params.logprobs
         # logprobs (demo/logprobs.py): of the model's own scores, before the penalty, temperature, top-k, top-p
         step = distribution(scores[0]) if top is not None else None

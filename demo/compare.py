@@ -135,7 +135,7 @@ class Comparison:
             for parsed in parse_chunks(stream_chat(loaded, messages, params, cancel), parser,
                                        getattr(loaded, "tokenizer", None)):
                 chunk, thinking_s = parsed.chunk, self.panes[index].thinking_s
-                if parsed.reasoning and thinking_s is None and (chunk.finish_reason or not parser.in_reasoning):
+                if parsed.reasoning and thinking_s is None and (chunk.finish_reason or not parsed.in_reasoning):
                     thinking_s = time.perf_counter() - started
                 self._update(index, text=parsed.content, reasoning=parsed.reasoning, thinking_s=thinking_s,
                              stats=chunk.stats, state=DONE if chunk.finish_reason else STREAMING,

@@ -94,13 +94,14 @@ class _IdStreamer(TextIteratorStreamer):
 
 def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: GenerationParams | None = None,
                 cancel: CancelToken | None = None, chat: ChatOptions = NO_OPTIONS, logits_processors: Sequence = (),
-                **options) -> Iterator[Chunk]:
+                request_fields: dict | None = None, **options) -> Iterator[Chunk]:
     """Build the family's prompt for `messages` (with `chat`'s tools and template variables) and stream the
     reply from the model's engine; `logits_processors` (e.g. demo/structured.py's grammar) shape every step.
 
     An engine that takes exact prompt ids gets the adapter's; one that templates messages itself (an
-    OpenAI-compatible server) gets the messages. Either streams the same chunks, so callers need no
-    special case.
+    OpenAI-compatible server) gets the messages, `chat`'s tools and template variables, and
+    `request_fields` (tool_choice, response_format), which its server enforces. Either streams the same
+    chunks, so callers need no special case.
     """
     params = capped(loaded.limits, params or loaded.defaults)
     messages = with_system_prompt(messages, loaded.system_prompt)
@@ -112,11 +113,7 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
         return
     backend = loaded.backend
     if not backend.capabilities.exact_prompt_ids:
-        if chat.tools:  # the remote server renders its own prompt; tools are not forwarded to it (yet)
-            yield Chunk("", "", Stats(), "error", f"{loaded.id} is served elsewhere; the hub does not "
-                        f"forward tools to it", code=INVALID)
-            return
-        prompt = Prompt(messages=list(messages))
+        prompt = Prompt(messages=list(messages), request_fields=forwarded_fields(chat, request_fields))
     else:
         try:
             built = loaded.adapter.build_prompt(loaded.tokenizer, messages, loaded.context_length,
@@ -129,6 +126,14 @@ def stream_chat(loaded: LoadedModel, messages: Sequence[dict], params: Generatio
         prompt = Prompt(list(built.input_ids), list(built.stop_token_ids), [*built.stop_strings, *params.stop],
                         logits_processors=list(logits_processors))
     yield from _engine_stream(loaded, prompt, params, cancel, **options)
+
+
+def forwarded_fields(chat: ChatOptions, request_fields: dict | None) -> dict:
+    """The OpenAI request fields a server that templates messages itself gets beside them."""
+    fields = {"tools": chat.tools} if chat.tools else {}
+    if chat.template_kwargs:
+        fields["chat_template_kwargs"] = dict(chat.template_kwargs)
+    return {**fields, **(request_fields or {})}
 
 
 def with_system_prompt(messages: Sequence[dict], system_prompt: str | None) -> Sequence[dict]:
@@ -145,8 +150,8 @@ def stream_ids(loaded: LoadedModel, input_ids: Sequence[int], params: Generation
     """Stream a continuation of `input_ids`; the last chunk has finish_reason and full stats.
 
     `timeout_s` defaults to the hub's generation timeout; a full wait line answers busy at once.
-    `logits_processors` (e.g. demo/structured.py's grammar) shape every step; on the transformers engine they
-    run in `generate`, so such a request skips the batched loop.
+    `logits_processors` (e.g. demo/structured.py's grammar) shape every step, in the batched loop or in
+    `generate`.
     """
     if not loaded.backend.capabilities.exact_prompt_ids:
         yield Chunk("", "", Stats(), "error", f"{loaded.id} runs on the {loaded.engine} engine, which takes "
@@ -201,9 +206,9 @@ def stream_transformers(loaded: LoadedModel, prompt: Prompt, params: GenerationP
     input_ids, stop_ids, stop_strings = prompt.input_ids, prompt.stop_ids, prompt.stop_strings
     stats = Stats(prompt_tokens=len(input_ids))
     queued = time.perf_counter()
-    # the model's batched decode loop, when its decode plan (demo/decodeplan.py) has one; logits processors
-    # (a grammar) run in generate(), as the loop has no hook for them
-    batcher = None if prompt.logits_processors else loaded.decoder
+    # the model's batched decode loop, when its decode plan (demo/decodeplan.py) has one; it applies each
+    # request's logits processors (a grammar) to that request's row
+    batcher = loaded.decoder
     if batcher is not None:  # no lock: the loop serves every request of this model together
         yield from stream_tokens(loaded, prompt, params, cancel, batcher, stall_timeout_s, timeout_s)
         return

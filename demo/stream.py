@@ -79,6 +79,13 @@ class Chunk:
     # When the request asked for them (GenerationParams.logprobs): the entries of the tokens released with
     # this chunk's delta (held back and cut with the text); None when not asked or not given (a remote).
     logprobs: list[TokenLogprob] | None = None
+    # From an engine whose server splits the reply itself (an OpenAI-compatible remote): `text` and `delta`
+    # are then the answer only, and these hold the reasoning (so far, and this chunk's) and the whole tool
+    # calls so far (adapters.replyparse.ToolCall). Token-level engines leave them empty: the family's parser
+    # (demo/replies.py) splits their text.
+    reasoning: str = ""
+    reasoning_delta: str = ""
+    tool_calls: list = field(default_factory=list)
 
 
 class GenerationError(RuntimeError):
@@ -104,6 +111,9 @@ class Prompt:
     stop_strings: list[str] = field(default_factory=list)
     messages: list[dict] | None = None
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    # For an engine that takes messages: the request's other OpenAI fields its server enforces itself
+    # (tools, tool_choice, response_format, chat_template_kwargs).
+    request_fields: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

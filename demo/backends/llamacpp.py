@@ -317,7 +317,11 @@ class DecodeLoop:
         entries, outputs = self._batch()
         self.model.decode(entries)
         for index, sequence in outputs:
-            self._take(sequence, self.model.logits(index))
+            try:
+                self._take(sequence, self.model.logits(index))
+            except Exception as e:  # this request's sampling failed (e.g. its grammar): end it, keep the others
+                log.exception("llama.cpp sampling failed for one sequence")
+                self._end(sequence, e)
 
     def _batch(self) -> tuple[list, list]:
         """This step's batch: every decoding sequence's next token first, then prompt pieces that fit."""

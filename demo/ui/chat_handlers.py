@@ -203,7 +203,7 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
                                    getattr(loaded, "tokenizer", None)):
             chunk = parsed.chunk
             turn.reasoning, turn.content, turn.tool_calls = parsed.reasoning, parsed.content, parsed.tool_calls
-            if turn.reasoning and turn.thinking_s is None and (chunk.finish_reason or not parser.in_reasoning):
+            if turn.reasoning and turn.thinking_s is None and (chunk.finish_reason or not parsed.in_reasoning):
                 turn.thinking_s = time.monotonic() - started  # the answer starts: the block closes
             if chunk.finish_reason:
                 turn.footer = footer_of(chunk)
