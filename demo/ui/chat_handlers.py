@@ -18,7 +18,7 @@ from ..hub import Hub, ui_client
 from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
-from .thinking import chat_options, known_traits, switch_state, thinking_block, tool_call_blocks
+from .thinking import chat_options, known_traits, switch_state, thinking_block, tool_call_blocks, traits_of
 from .tools import fenced, parse_tools, tools_problem, tools_state
 from ..replies import parse_chunks, reply_parser
 
@@ -262,15 +262,16 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
     params = loaded.defaults.override(sampling(*controls))
     turn.footer = ""
     shown = 0.0
+    traits = traits_of(loaded)
     try:
-        defined = parse_tools(tools)
+        defined = parse_tools(tools) if traits.tools else None  # the Tools box goes to templates that take tools
     except ToolError as e:
         turn.footer = f"⚠️ Tools: {e}"
         yield session, render(session), f"⚠️ Tools: {e}"
         return
     messages, chat = session.messages(system)[:-1], chat_options(loaded, thinking, defined)
     parser = reply_parser(loaded, messages, chat, tool_names(chat.tools))
-    status = "" if chat.tools or not defined else f"Tools not sent: {tools_state(known_traits(hub, model_id))[1]}"
+    status = f"Tools not sent: {tools_state(traits)[1]}" if (tools or "").strip() and not traits.tools else ""
     started = time.monotonic()
     _streaming.add(1)
     try:

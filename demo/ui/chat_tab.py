@@ -67,8 +67,7 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
                      queue=False)
     submitted = [message.submit(**append_io, api_name="send").then(**reply_io, api_name="reply"),
                  send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private"),
-                 send_result.click(**result_io, api_name="tool_result").then(**reply_io, api_visibility="private"),
-                 result.submit(**result_io, api_visibility="private").then(**reply_io, api_visibility="private")]
+                 send_result.click(**result_io, api_name="tool_result").then(**reply_io, api_visibility="private")]
     tools.change(tool_text.tools_status, tools, tools_status, queue=False, api_visibility="private")
     regenerated = retry.click(h.retry, session, [session, chatbot], queue=False, api_name="retry").then(
         **reply_io, api_visibility="private")

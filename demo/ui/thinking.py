@@ -1,4 +1,5 @@
-"""How the Chat tab shows reasoning and tool calls: collapsible blocks (Gradio message metadata) above the answer."""
+"""How the UI shows reasoning and tool calls (collapsible blocks: Gradio message metadata) and what its Thinking
+switch and Tools box pass to a model's chat template."""
 from __future__ import annotations
 
 import json
