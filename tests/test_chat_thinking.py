@@ -168,7 +168,7 @@ def test_a_tool_call_shows_as_a_block_and_its_result_goes_back_as_a_tool_message
     assert [t.role for t in session.turns] == ["user", "assistant", "tool", "assistant"]
     shown, _, _ = inspector_handlers.chat_prompt(hub, session, "qwen3", "", None, False, TOOLS)
     assert "<tool_response>\nsunny\n</tool_response>" in prompt_text(shown) and "get_weather" in shown
-    text, session, _, _ = chat.undo(session)
+    text, session, _ = chat.undo(session)
     assert text == "Weather?" and session.turns == []
 
 
