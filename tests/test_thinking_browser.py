@@ -69,18 +69,18 @@ def text_of(page, selector: str) -> str:
 def test_compare_with_thinking_off_sends_enable_thinking_false(page, server):
     page.goto(server.url + "?compare=qwen3,qwen3-twin")
     # the chosen pair sets the switch (on: both templates have enable_thinking); turn it off after that
-    page.wait_for_function("() => document.querySelector('#compare-thinking').innerText.includes('Passes each')")
+    page.wait_for_function("() => document.querySelector('#compare-thinking')?.innerText.includes('Passes each')")
     page.locator("#compare-thinking input[type=checkbox]").uncheck()
     send(page, "#compare-input", "Hello")
-    page.wait_for_function("() => [0, 1].every(k => { const line = document.querySelector(`#compare-stats-${k}`)"
-                           ".innerText; return line.includes('tok/s') && !line.includes('streaming'); })",
+    page.wait_for_function("() => [0, 1].every(k => { const line = document.querySelector(`#compare-stats-${k}`)?"
+                           ".innerText || ''; return line.includes('tok/s') && !line.includes('streaming'); })",
                            timeout=120_000)
     for k in (0, 1):  # the reply that follows "<think>\n\n</think>\n\n" in the prompt: a call, no Thinking block
         assert page.locator(f"#compare-chat-{k} .thought-group").count() == 0
         assert "get_weather" in text_of(page, f"#compare-chat-{k}")
         assert "does not apply" not in text_of(page, f"#compare-stats-{k}")
     page.locator("#compare-prompt").get_by_text("Prompt", exact=True).click()
-    page.wait_for_function("() => document.querySelector('#compare-prompt-view').innerText.includes('</think>')")
+    page.wait_for_function("() => document.querySelector('#compare-prompt-view')?.innerText.includes('</think>')")
     prompt = text_of(page, "#compare-prompt-view .prompt-text").rstrip()
     assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>")
 
@@ -91,11 +91,12 @@ TOOLS = ('[{"type": "function", "function": {"name": "get_weather", "description
 
 def test_a_tool_call_shows_as_a_collapsible_block_and_its_result_goes_back(page, server):
     page.goto(server.url)
+    page.locator("#chat-input textarea").wait_for()
     page.locator("#chat-thinking input[type=checkbox]").uncheck()  # the scripted model calls when it does not think
     page.locator("#chat-tools-accordion").get_by_text("Tools", exact=True).click()
     tools = page.locator("#chat-tools textarea")
     tools.fill("[{")
-    status = "(text) => document.querySelector('#chat-tools-status').innerText.includes(text)"
+    status = "(text) => document.querySelector('#chat-tools-status')?.innerText.includes(text)"
     page.wait_for_function(status, arg="not valid JSON")
     tools.fill(TOOLS)
     page.wait_for_function(status, arg="1 tool: get_weather")
@@ -113,5 +114,5 @@ def test_a_tool_call_shows_as_a_collapsible_block_and_its_result_goes_back(page,
     page.wait_for_function(ANSWERS_DONE, arg=2, timeout=120_000)  # the model's turn after the result
     assert "Result of get_weather" in chat.inner_text() and "sunny" in chat.inner_text()
     page.locator("#chat-prompt").get_by_text("Prompt", exact=True).click()
-    page.wait_for_function("() => document.querySelector('#chat-prompt-view').innerText.includes('sunny')")
+    page.wait_for_function("() => document.querySelector('#chat-prompt-view')?.innerText.includes('sunny')")
     assert "<tool_response>\nsunny\n</tool_response>" in text_of(page, "#chat-prompt-view .prompt-text")
