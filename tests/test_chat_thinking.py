@@ -103,9 +103,10 @@ def test_compare_thinking_off_reaches_the_templates_that_have_it_and_the_other_p
     from demo.ui import compare_handlers as compare
     from demo.ui import inspector_handlers
 
-    switch = compare.thinking_switch(hub, ["qwen3", "llama"])
+    switch, chosen = compare.thinking_switch(hub, ["qwen3", "llama"])
     assert switch["interactive"] is True and "Applies to qwen3" in switch["info"] and "llama" in switch["info"]
-    assert compare.thinking_switch(hub, ["llama"])["interactive"] is False
+    assert compare.thinking_switch(hub, ["qwen3", "llama"], chosen)[1] == chosen  # the same set: left alone
+    assert compare.thinking_switch(hub, ["llama"], chosen)[0]["interactive"] is False
     session = compare.new_session()
     compare.user_message(hub, "Hello", ["qwen3", "llama"], session)
     session, *views, _ = last(compare.reply(hub, session, True, thinking=False))

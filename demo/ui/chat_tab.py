@@ -83,7 +83,7 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
 
     share.click(share_conversation, session, link, queue=False, api_name="chat_share")
     model.change(functools.partial(h.template_controls, hub), model, [thinking, tools, result],
-                 api_visibility="private")
+                 show_progress="hidden", api_visibility="private")
     model.change(functools.partial(h.defaults_view, hub), model,
                  [temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy], queue=False,
                  api_visibility="private")

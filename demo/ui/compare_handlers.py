@@ -117,10 +117,15 @@ def layout(ids):
     return [*columns, *chatbots]
 
 
-def thinking_switch(hub: Hub, ids):
-    """The Thinking switch for the chosen models: on while any of their templates has a thinking variable."""
-    interactive, info = switch_state_of_set({m: known_traits(hub, m) for m in ids or [] if m in hub.registry})
-    return gr.update(interactive=interactive, info=info, value=interactive)
+def thinking_switch(hub: Hub, ids, set_for: list | None = None):
+    """(the Thinking switch, the model set it is now for) for the chosen models: on while any of their templates
+    has a thinking variable. The Dropdown reports a set a link chose twice; the second must not undo a choice
+    the user made in between, so the same set again leaves the switch alone."""
+    ids = list(ids or [])
+    if ids == set_for:
+        return gr.skip(), set_for
+    interactive, info = switch_state_of_set({m: known_traits(hub, m) for m in ids if m in hub.registry})
+    return gr.update(interactive=interactive, info=info, value=interactive), ids
 
 
 def choice_status(hub: Hub, ids) -> str:

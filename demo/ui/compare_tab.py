@@ -67,7 +67,9 @@ def build_compare_tab(hub: Hub) -> dict:
     # change: also when a ?compare= link sets the models; input: only the user's own choice gets a verdict.
     models.change(h.layout, models, [*columns, *chatbots], queue=False, api_visibility="private")
     models.input(functools.partial(h.choice_status, hub), models, status, queue=False, api_visibility="private")
-    models.change(functools.partial(h.thinking_switch, hub), models, thinking, api_visibility="private")
+    switch_set = gr.State(None)  # the model set the Thinking switch was last set for
+    models.change(functools.partial(h.thinking_switch, hub), [models, switch_set], [thinking, switch_set],
+                  show_progress="hidden", api_visibility="private")
     # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
     def reply(state, own_settings, temp, p, k, penalty, budget, seed_value, argmax, thinking_on: bool = True,
               request: gr.Request = None):
