@@ -47,8 +47,10 @@ def test_thinking_shows_collapsed_above_the_answer_and_the_switch_turns_it_off(b
     block = chat.locator(".thought-group")
     assert block.count() == 1
     assert re.fullmatch(r"Thinking\s*\(\d+(\.\d+)?s\)", block.locator(".title").inner_text().strip())
+    # The block closes in an effect after the update that marks it done: on a busy machine the page can show
+    # that update a moment before the block closes.
+    page.wait_for_function("() => !document.querySelector('#chatbot').innerText.includes('Hmm')", timeout=5_000)
     shown = chat.inner_text()
-    assert "Hmm" not in shown, "the thinking is collapsed once the answer starts"
     assert shown.index("Thinking") < shown.index("Hi\n") < shown.index("qwen3 · 5 tokens")
     block.locator(".title").click()
     page.wait_for_function("() => document.querySelector('#chatbot').innerText.includes('Hmm')")
