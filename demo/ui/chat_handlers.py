@@ -18,7 +18,8 @@ from ..hub import Hub, ui_client
 from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
-from .thinking import chat_options, known_traits, switch_state, thinking_block, tool_call_blocks, traits_of
+from .templates import known_traits
+from .thinking import chat_options, switch_state, thinking_block, tool_call_blocks, traits_of
 from .tools import fenced, parse_tools, tools_problem, tools_state
 from ..replies import parse_chunks, reply_parser
 

@@ -12,7 +12,8 @@ import gradio as gr
 from ..compare import MAX_MODELS, Comparison, Pane, own_defaults, shared_settings
 from ..hub import Hub, ui_client
 from .chat_handlers import charge, sampling, too_long_for
-from .thinking import known_traits, reply_view, switch_state_of_set, thinking_options
+from .templates import known_traits
+from .thinking import reply_view, switch_state_of_set, thinking_options
 from .widgets import literal
 
 MIN_MODELS = 2

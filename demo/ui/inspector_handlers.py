@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 
 import gradio as gr
 from adapters import AdapterError
@@ -16,25 +15,13 @@ from adapters.tools import ToolError
 from adapters.weights import WeightsMissing
 
 from ..hub import Hub
-from ..promptview import prompt_report, prompt_source
+from ..promptview import prompt_report
 from ..registry import UnknownModelError
+from .templates import source_for
 from .thinking import chat_options
 from .tools import parse_tools
 
 PREVIEW_CHARS = 60  # of each dropped message, in the summary
-_sources: dict[tuple[int, str], object] = {}  # (registry, model id) -> weightless LoadedModel
-_sources_lock = threading.Lock()
-
-
-def source_for(hub: Hub, model_id: str):
-    """The model's prompt builder (tokenizer, adapter, config), read once per model and kept."""
-    key = (id(hub.registry), model_id)
-    with _sources_lock:
-        if key not in _sources:
-            _sources[key] = prompt_source(hub.registry.get(model_id), hub.registry)
-        return _sources[key]
-
-
 def budget(hub: Hub, max_new_tokens) -> int | None:
     """The reply budget a generation would reserve: the slider's value, under the hub's cap."""
     if not max_new_tokens:

@@ -96,28 +96,3 @@ def switch_state_of_set(traits: dict[str, TemplateTraits | None]) -> tuple[bool,
     if unknown:
         parts.append(f"Not known until it loads: {', '.join(unknown)}.")
     return True, " ".join(parts)
-
-
-_traits: dict[tuple[int, str], TemplateTraits] = {}
-
-
-def model_traits(hub, model_id: str) -> TemplateTraits:
-    """A registry model's traits, read once from its files (no weights); raises what reading them raises."""
-    key = (id(hub.registry), model_id)
-    if key not in _traits:
-        entry = hub.registry.get(model_id)
-        if "openai" in (entry.backend, entry.engine):
-            _traits[key] = TemplateTraits(remote=True)
-        else:
-            from .inspector_handlers import source_for
-
-            _traits[key] = traits_of(source_for(hub, model_id))
-    return _traits[key]
-
-
-def known_traits(hub, model_id: str) -> TemplateTraits | None:
-    """`model_traits`, or None while the model's files cannot be read (its reply will say why)."""
-    try:
-        return model_traits(hub, model_id)
-    except Exception:
-        return None
