@@ -141,7 +141,7 @@ def new_session() -> ChatSession:
 
 
 def user_message(text: str, session: ChatSession, request: gr.Request | None = None,
-                 hub: Hub | None = None, tools: str = "", model_id: str | None = None):
+                 hub: Hub | None = None, tools: str | None = "", model_id: str | None = None):
     """Append the user's message at once (no queue); the reply streams in the next step. `tools`: the Tools
     box, checked here (for a model that takes tools) so a bad definition refuses the message, not the reply."""
     session.stop()  # a new message ends a reply still streaming
@@ -175,7 +175,9 @@ def too_long_for(hub: Hub | None, text: str) -> str:
 
 def user_message_for(hub: Hub):
     """`user_message` with the hub's rate limit; Gradio passes the request (hence the annotation)."""
-    def append(text: str, session: ChatSession, tools: str, model_id: str, request: gr.Request):
+    # None defaults: API clients that send only the message may leave out the Tools box and the model
+    def append(text: str, session: ChatSession, tools: str | None = None, model_id: str | None = None,
+               request: gr.Request = None):
         return user_message(text, session, request, hub, tools, model_id)
     return append
 
@@ -232,7 +234,7 @@ def charge(hub: Hub, session, request) -> str:
 
 
 def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *controls, thinking: bool = True,
-              tools: str = "", request=None):
+              tools: str | None = "", request=None):
     """Stream the reply to the last user turn (or tool results): yields (session, chatbot view, status)."""
     if not awaits_reply(session):
         yield session, render(session), gr.skip()  # e.g. a call still waits for its result: the status says so
@@ -306,7 +308,7 @@ def reply_for(hub: Hub):
     only the sampling controls get its default."""
     # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
     def reply(session: ChatSession, model_id: str, system: str, use_custom, temp, p, k, penalty, budget,
-              seed_value, argmax, thinking: bool = True, tools: str = "", request: gr.Request = None):
+              seed_value, argmax, thinking: bool = True, tools: str | None = None, request: gr.Request = None):
         yield from bot_reply(hub, session, model_id, system, use_custom, temp, p, k, penalty, budget, seed_value,
                              argmax, thinking=thinking, tools=tools, request=request)
     return reply

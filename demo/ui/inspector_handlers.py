@@ -86,7 +86,7 @@ def preview(text: str) -> str:
 
 
 def chat_prompt(hub: Hub, session, model_id: str, system: str, max_new_tokens, thinking: bool = True,
-                tools: str = ""):
+                tools: str | None = None):
     """The Chat tab's inspector: the selected model, the system prompt, the max_new_tokens slider, the Thinking
     switch and the Tools box."""
     try:
