@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
+from adapters.base import NO_OPTIONS, ChatOptions
+
 from .engine import CancelToken, Stats, stream_chat
 from .replies import parse_chunks, reply_parser
 from .loaded import LoadedModel
@@ -39,6 +41,7 @@ class Pane:
     started: float = field(default_factory=time.perf_counter)
     reasoning: str = ""
     thinking_s: float | None = None  # set when the answer starts
+    template_kwargs: dict = field(default_factory=dict)  # the chat-template variables it got (the Thinking switch)
 
     @property
     def finished(self) -> bool:
@@ -60,12 +63,14 @@ class Comparison:
     """One generation round over several models; `stream()` yields snapshots of all panes."""
 
     def __init__(self, load: Callable[[str], LoadedModel], requests: Sequence[tuple[str, list[dict]]],
-                 params_for: Callable[[LoadedModel], GenerationParams]):
-        """`requests`: (model id, the messages that model answers); `params_for`: settings per model."""
+                 params_for: Callable[[LoadedModel], GenerationParams],
+                 chat_for: Callable[[LoadedModel], ChatOptions] = lambda loaded: NO_OPTIONS):
+        """`requests`: (model id, the messages that model answers); `params_for`: settings per model;
+        `chat_for`: what each model's prompt gets besides the messages (e.g. the Thinking switch's variable)."""
         ids = [model_id for model_id, _ in requests]
         if len(set(ids)) != len(ids):
             raise ValueError(f"each model may appear once: {', '.join(ids)}")
-        self.load, self.requests, self.params_for = load, list(requests), params_for
+        self.load, self.requests, self.params_for, self.chat_for = load, list(requests), params_for, chat_for
         self.panes = [Pane(model_id) for model_id in ids]
         self.cancels = [CancelToken() for _ in ids]
         self._changed = threading.Condition()
@@ -129,10 +134,10 @@ class Comparison:
             if cancel.cancelled:
                 self._update(index, state=DONE, finish_reason="cancelled", stats=Stats())
                 return
-            params = self.params_for(loaded)
-            self._update(index, state=STREAMING, params=params.as_dict())
-            parser, started = reply_parser(loaded, messages), time.perf_counter()
-            for parsed in parse_chunks(stream_chat(loaded, messages, params, cancel), parser,
+            params, chat = self.params_for(loaded), self.chat_for(loaded)
+            self._update(index, state=STREAMING, params=params.as_dict(), template_kwargs=dict(chat.template_kwargs))
+            parser, started = reply_parser(loaded, messages, chat), time.perf_counter()
+            for parsed in parse_chunks(stream_chat(loaded, messages, params, cancel, chat=chat), parser,
                                        getattr(loaded, "tokenizer", None)):
                 chunk, thinking_s = parsed.chunk, self.panes[index].thinking_s
                 if parsed.reasoning and thinking_s is None and (chunk.finish_reason or not parsed.in_reasoning):

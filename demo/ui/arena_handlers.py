@@ -1,7 +1,9 @@
 """Arena tab behaviour: two anonymous models per round, one vote, then the names.
 
 Until the vote nothing on screen names a model: panes are "Model A" and "Model B", the stats line is
-left out (speed gives models away) and errors are shown without the model's id.
+left out (speed gives models away, so does a Thinking block's duration) and errors are shown without the
+model's id. The Thinking switch applies to the sides whose template has a thinking variable; which side it
+could not reach is told with the names, after the vote (the vote stores each side's template variables).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..hub import Hub, ui_client
 from ..votes import VoteError
 from .chat_handlers import charge, too_long_for
 from .compare_handlers import UI_TICK_S
-from .thinking import reply_view
+from .thinking import reply_view, thinking_options
 
 SIDES = ("A", "B")
 
@@ -27,6 +29,7 @@ class ArenaSession:
     comparison: Comparison | None = None
     errors: tuple = (None, None)  # the last reply's error per side (shown unnamed before the vote)
     paid: bool = False  # the last send was charged to the rate limit (see chat_handlers.charge)
+    thinking: bool = True  # the Thinking switch of the last answers
 
     def stop(self) -> None:
         """Stop both answers; what they wrote so far stays and can be voted on."""
@@ -56,9 +59,9 @@ def chat_view(session: ArenaSession, side: int, live=None):
     for t in (r.conversations[side] if r else []):  # judges see the thinking collapsed, apart from the answer
         turns += (reply_view(t["content"], t.get("reasoning_content", ""), done=True) if t["role"] == "assistant"
                   else [t])
-    if live is not None:
+    if live is not None:  # no duration on the block: speed gives models away
         answer = live.text or ("…" if not live.finished and not live.reasoning else "")
-        turns += reply_view(answer, live.reasoning, live.thinking_s, live.thinking_s is not None or live.finished)
+        turns += reply_view(answer, live.reasoning, None, live.thinking_s is not None or live.finished)
     if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"] and session.errors[side]:
         turns[-1] = {"role": "assistant", "content": "⚠️ This model failed to answer."}
     label = f"Model {SIDES[side]}" + (f": {r.models[side]}" if r and r.vote else "")
@@ -74,7 +77,17 @@ def result_text(session: ArenaSession) -> str:
     if r is None or r.vote is None:
         return ""
     return (f"**Your vote: {LABELS[r.vote]}.** Model A was **{r.models[0]}**, Model B was **{r.models[1]}**. "
-            "Press *New round* for another pair.")
+            f"{unswitched(session)}Press *New round* for another pair.")
+
+
+def unswitched(session: ArenaSession) -> str:
+    """After the vote: the models the Thinking switch (off for the last answers) could not reach."""
+    r = session.round
+    missed = [m for m, s in zip(r.models, r.settings) if not s.get("chat_template_kwargs")]
+    if session.thinking or not missed:
+        return ""
+    return (f"Thinking was off; the template of {' and '.join(missed)} has no thinking switch, so "
+            f"{'it' if len(missed) == 1 else 'they'} answered as usual. ")
 
 
 def cannot_play(hub: Hub, error: ArenaError) -> str:
@@ -117,8 +130,9 @@ def user_message_for(hub: Hub):
     return append
 
 
-def reply(hub: Hub, session: ArenaSession, request=None):
-    """Stream both sides (each model's own defaults); yields (session, chat A, chat B, status)."""
+def reply(hub: Hub, session: ArenaSession, request=None, thinking: bool = True):
+    """Stream both sides (each model's own defaults, the Thinking switch where its template has a thinking
+    variable); yields (session, chat A, chat B, status)."""
     r = session.round
     if r is None or r.vote is not None or any(not c or c[-1]["role"] != "user" for c in r.conversations):
         yield session, *views(session), gr.skip()  # nothing was sent: the reason on the status line stays
@@ -127,8 +141,10 @@ def reply(hub: Hub, session: ArenaSession, request=None):
     if refused:
         yield session, *views(session), refused.replace("Nothing was sent.", "No reply was made.")
         return
+    session.thinking = bool(thinking)
     session.comparison = comparison = Comparison(
-        hub.manager.get, [(m, list(c)) for m, c in zip(r.models, r.conversations)], own_defaults)
+        hub.manager.get, [(m, list(c)) for m, c in zip(r.models, r.conversations)], own_defaults,
+        lambda loaded: thinking_options(loaded, thinking))
     r.streaming, r.finish = True, [None, None]
     try:
         panes = comparison.start().snapshot()
@@ -140,7 +156,7 @@ def reply(hub: Hub, session: ArenaSession, request=None):
             hub.metrics.finished(r.models[side], pane, ui_client(request))
             r.conversations[side].append({"role": "assistant", "content": pane.text,
                                           **({"reasoning_content": pane.reasoning} if pane.reasoning else {})})
-            r.settings[side], r.finish[side] = pane.params, pane.finish_reason
+            r.settings[side], r.finish[side] = settings_of(pane), pane.finish_reason
         session.errors = tuple(p.error if p.finish_reason == "error" else None for p in panes)
     finally:
         r.streaming = False
@@ -148,6 +164,11 @@ def reply(hub: Hub, session: ArenaSession, request=None):
     note = (f"⚠️ Model {' and '.join(failed)} failed to answer; press New round." if failed
             else "Both answers are in: vote, or keep chatting.")
     yield session, *views(session), note
+
+
+def settings_of(pane) -> dict:
+    """What a side generated with, as the vote stores it: sampling, and the template variables it got."""
+    return {**pane.params, **({"chat_template_kwargs": pane.template_kwargs} if pane.template_kwargs else {})}
 
 
 def stop(session: ArenaSession):

@@ -10,6 +10,9 @@ from ..hub import Hub
 from . import arena_handlers as h
 from .widgets import message_row
 
+ARENA_SWITCH_INFO = ("Passes enable_thinking (or the template's own variable) to the sides whose template has "
+                     "one; a side without one answers as usual (told after the vote, with the names).")
+
 
 def build_arena_tab(hub: Hub) -> dict:
     session = gr.State(h.new_session, delete_callback=lambda s: s.discard())
@@ -22,14 +25,15 @@ def build_arena_tab(hub: Hub) -> dict:
     with gr.Row():
         votes = {key: gr.Button(label, elem_id=f"arena-vote-{key.replace('_', '-')}") for key, label in LABELS.items()}
     with gr.Row():
-        new_round = gr.Button("New round", elem_id="arena-new-round")
+        thinking = gr.Checkbox(True, label="Thinking", elem_id="arena-thinking", scale=1, info=ARENA_SWITCH_INFO)
+        new_round = gr.Button("New round", elem_id="arena-new-round", scale=3)
     status = gr.Markdown(elem_id="arena-status")
     result = gr.Markdown(elem_id="arena-result")
 
-    def reply(state, request: gr.Request):  # Gradio passes the request
-        yield from h.reply(hub, state, request)
+    def reply(state, thinking_on: bool, request: gr.Request):  # Gradio passes the request
+        yield from h.reply(hub, state, request, thinking=thinking_on)
 
-    reply_io = dict(fn=reply, inputs=session, outputs=[session, *chatbots, status],
+    reply_io = dict(fn=reply, inputs=[session, thinking], outputs=[session, *chatbots, status],
                     concurrency_limit=None, show_progress="hidden")
     append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
                      outputs=[message, session, *chatbots, status], queue=False)
@@ -43,4 +47,4 @@ def build_arena_tab(hub: Hub) -> dict:
         # Votes go through the queue: the handler fsyncs, and the acknowledgement comes after the commit.
         voted.append(button.click(functools.partial(h.vote, hub, winner=key), session,
                                   [session, *chatbots, result, status], api_name=f"arena_vote_{key}"))
-    return {"chatbots": chatbots, "session": session, "voted": voted, "status": status}
+    return {"chatbots": chatbots, "thinking": thinking, "session": session, "voted": voted, "status": status}

@@ -11,13 +11,16 @@ import time
 from dataclasses import dataclass, field
 
 import gradio as gr
+from adapters.tools import ToolError, tool_names
 
 from ..engine import CancelToken, Chunk, stream_chat
 from ..hub import Hub, ui_client
 from ..manager import ModelLoadError
 from ..params import GenerationParams
 from ..registry import UnknownModelError
-from .thinking import thinking_block, thinking_options, tool_call_blocks
+from .templates import known_traits
+from .thinking import chat_options, switch_state, thinking_block, tool_call_blocks, traits_of
+from .tools import fenced, parse_tools, tools_problem, tools_state
 from ..replies import parse_chunks, reply_parser
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ class Turn:
     reasoning: str = ""  # a reasoning model's thinking, kept apart from its answer
     thinking_s: float | None = None  # how long it thought (set when the answer starts)
     tool_calls: list = field(default_factory=list)  # adapters.replyparse.ToolCall
+    call_id: str = ""  # a tool turn: the id of the call it answers
+    name: str = ""  # a tool turn: the function that was called
 
 
 @dataclass
@@ -59,11 +64,35 @@ class ChatSession:
 
 
 def message_of(turn: Turn) -> dict:
-    """What the model sees of a turn: its reasoning goes back only as reasoning_content (the template decides)."""
+    """What the model sees of a turn, in the API's shapes: reasoning goes back only as reasoning_content (the
+    template decides), tool calls as tool_calls, a tool result as a `tool` message naming its call."""
     message = {"role": turn.role, "content": turn.content}
     if turn.reasoning:
         message["reasoning_content"] = turn.reasoning
+    if turn.tool_calls:
+        message["tool_calls"] = [call.openai() for call in turn.tool_calls]
+    if turn.role == "tool":
+        message.update(tool_call_id=turn.call_id, name=turn.name)
     return message
+
+
+def pending_calls(session: ChatSession) -> list:
+    """The calls of the last reply that have no result yet, oldest first (none once the user wrote on)."""
+    answered = set()
+    for turn in reversed(session.turns):
+        if turn.role == "tool":
+            answered.add(turn.call_id)
+        elif turn.role == "assistant":
+            return [call for call in turn.tool_calls if call.id not in answered]
+        else:
+            return []
+    return []
+
+
+def awaits_reply(session: ChatSession) -> bool:
+    """The last turn is the user's, or the last of the results of the last reply's calls."""
+    last = session.turns[-1].role if session.turns else None
+    return last == "user" or (last == "tool" and not pending_calls(session))
 
 
 def render(session: ChatSession) -> list[dict]:
@@ -76,6 +105,8 @@ def render(session: ChatSession) -> list[dict]:
             view += tool_call_blocks(turn.tool_calls)
             answer = turn.content or ("" if turn.reasoning or turn.tool_calls else "…")
             view.append({"role": "assistant", "content": answer + footer})
+        elif turn.role == "tool":
+            view.append({"role": "user", "content": f"🛠️ Result of `{turn.name}`:\n\n{fenced(turn.content)}"})
         else:
             view.append({"role": "user", "content": turn.content})
     return view
@@ -110,12 +141,16 @@ def new_session() -> ChatSession:
 
 
 def user_message(text: str, session: ChatSession, request: gr.Request | None = None,
-                 hub: Hub | None = None):
-    """Append the user's message at once (no queue); the reply streams in the next step."""
+                 hub: Hub | None = None, tools: str | None = "", model_id: str | None = None):
+    """Append the user's message at once (no queue); the reply streams in the next step. `tools`: the Tools
+    box, checked here (for a model that takes tools) so a bad definition refuses the message, not the reply."""
     session.stop()  # a new message ends a reply still streaming
     text = (text or "").strip()
     if not text:
         return "", session, render(session), "Type a message first."
+    bad_tools = tools_problem(tools) if takes_tools(hub, model_id) else ""
+    if bad_tools:
+        return text, session, render(session), bad_tools
     refused = hub.over_rate(request) if hub is not None else ""  # the per-client limit, as on the API
     if refused:
         return text, session, render(session), refused
@@ -140,9 +175,45 @@ def too_long_for(hub: Hub | None, text: str) -> str:
 
 def user_message_for(hub: Hub):
     """`user_message` with the hub's rate limit; Gradio passes the request (hence the annotation)."""
-    def append(text: str, session: ChatSession, request: gr.Request):
-        return user_message(text, session, request, hub)
+    # None defaults: API clients that send only the message may leave out the Tools box and the model
+    def append(text: str, session: ChatSession, tools: str | None = None, model_id: str | None = None,
+               request: gr.Request = None):
+        return user_message(text, session, request, hub, tools, model_id)
     return append
+
+
+def takes_tools(hub: Hub | None, model_id: str | None) -> bool:
+    """Whether the Tools box goes to this model (True while that is not known: its definitions are checked)."""
+    traits = known_traits(hub, model_id) if hub is not None and model_id else None
+    return traits is None or traits.tools
+
+
+def tool_result(text: str, session: ChatSession, request: gr.Request | None = None, hub: Hub | None = None):
+    """Append the Tool result box as the `tool` message answering the oldest call still waiting; with the
+    last result in, the model replies in the next step. Returns (box, session, chatbot, status)."""
+    session.stop()
+    text, pending = (text or "").strip(), pending_calls(session)
+    if not pending:
+        return text, session, render(session), "No tool call is waiting for a result."
+    if not text:
+        return "", session, render(session), f"Type what `{pending[0].name}` returned first."
+    refused = (hub.over_rate(request) if hub is not None and len(pending) == 1 else "") or too_long_for(hub, text)
+    if refused:
+        return text, session, render(session), refused
+    call = pending[0]
+    session.turns.append(Turn("tool", text, call_id=call.id, name=call.name))
+    session.next_request()
+    if len(pending) > 1:
+        return "", session, render(session), f"Now the result of `{pending[1].name}` ({len(pending) - 1} to go)."
+    session.paid = hub is not None  # charged here, as a sent message is
+    return "", session, render(session), ""
+
+
+def tool_result_for(hub: Hub):
+    """`tool_result` with the hub's rate limit (Gradio passes the request)."""
+    def answer(text: str, session: ChatSession, request: gr.Request):
+        return tool_result(text, session, request, hub)
+    return answer
 
 
 def sampling(custom: bool, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy):
@@ -163,10 +234,10 @@ def charge(hub: Hub, session, request) -> str:
 
 
 def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *controls, thinking: bool = True,
-              request=None):
-    """Stream the reply to the last user turn: yields (session, chatbot view, status)."""
-    if not session.turns or session.turns[-1].role != "user":
-        yield session, render(session), ""
+              tools: str | None = "", request=None):
+    """Stream the reply to the last user turn (or tool results): yields (session, chatbot view, status)."""
+    if not awaits_reply(session):
+        yield session, render(session), gr.skip()  # e.g. a call still waits for its result: the status says so
         return
     refused = charge(hub, session, request)
     if refused:
@@ -194,8 +265,16 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
     params = loaded.defaults.override(sampling(*controls))
     turn.footer = ""
     shown = 0.0
-    messages, chat = session.messages(system)[:-1], thinking_options(loaded, thinking)
-    parser = reply_parser(loaded, messages, chat)
+    traits = traits_of(loaded)
+    try:
+        defined = parse_tools(tools) if traits.tools else None  # the Tools box goes to templates that take tools
+    except ToolError as e:
+        turn.footer = f"⚠️ Tools: {e}"
+        yield session, render(session), f"⚠️ Tools: {e}"
+        return
+    messages, chat = session.messages(system)[:-1], chat_options(loaded, thinking, defined)
+    parser = reply_parser(loaded, messages, chat, tool_names(chat.tools))
+    status = f"Tools not sent: {tools_state(traits)[1]}" if (tools or "").strip() and not traits.tools else ""
     started = time.monotonic()
     _streaming.add(1)
     try:
@@ -211,9 +290,17 @@ def bot_reply(hub: Hub, session: ChatSession, model_id: str, system: str, *contr
             now = time.monotonic()
             if chunk.finish_reason or now - shown >= _streaming.interval_s():
                 shown = now
-                yield session, render(session), ""
+                yield session, render(session), (called(turn) or status) if chunk.finish_reason else status
     finally:
         _streaming.add(-1)
+
+
+def called(turn: Turn) -> str:
+    """The status line once a reply called tools: where to answer them."""
+    if not turn.tool_calls:
+        return ""
+    names = ", ".join(f"`{call.name}`" for call in turn.tool_calls)
+    return f"The model called {names}: send each result in Tools ▸ Tool result."
 
 
 def reply_for(hub: Hub):
@@ -221,34 +308,31 @@ def reply_for(hub: Hub):
     only the sampling controls get its default."""
     # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
     def reply(session: ChatSession, model_id: str, system: str, use_custom, temp, p, k, penalty, budget,
-              seed_value, argmax, thinking: bool = True, request: gr.Request = None):
+              seed_value, argmax, thinking: bool = True, tools: str | None = None, request: gr.Request = None):
         yield from bot_reply(hub, session, model_id, system, use_custom, temp, p, k, penalty, budget, seed_value,
-                             argmax, thinking=thinking, request=request)
+                             argmax, thinking=thinking, tools=tools, request=request)
     return reply
-
-
-_switches: dict[str, tuple[bool, str]] = {}
 
 
 def thinking_switch(hub: Hub, model_id: str):
     """The Thinking switch for a model: on where its template has a thinking variable, else off, saying why."""
-    if model_id not in _switches:
-        from .thinking import switch_state
-
-        try:
-            entry = hub.registry.get(model_id)
-            if entry.backend == "openai":
-                _switches[model_id] = (False, "This model is served elsewhere; its server renders the template.")
-            else:
-                from ..loader import load_without_weights
-
-                loaded = (hub.manager.get(model_id) if model_id in hub.manager.loaded_ids()
-                          else load_without_weights(entry))
-                _switches[model_id] = switch_state(loaded)
-        except Exception as e:  # the model cannot be read yet; its reply will say why
-            return gr.update(interactive=False, info=f"Unknown until the model loads ({type(e).__name__}).")
-    interactive, info = _switches[model_id]
+    traits = known_traits(hub, model_id)
+    if traits is None:  # the model cannot be read yet; its reply will say why
+        return gr.update(interactive=False, info="Unknown until the model loads.")
+    interactive, info = switch_state(traits)
     return gr.update(interactive=interactive, info=info, value=interactive)
+
+
+def tools_box(hub: Hub, model_id: str):
+    """The Tools box for a model: open where its template renders tools, else disabled, saying why."""
+    interactive, info = tools_state(known_traits(hub, model_id))
+    return gr.update(interactive=interactive, info=info)
+
+
+def template_controls(hub: Hub, model_id: str):
+    """(Thinking switch, Tools box, Tool result box) for a newly chosen model."""
+    tools = tools_box(hub, model_id)
+    return thinking_switch(hub, model_id), tools, gr.update(interactive=tools["interactive"])
 
 
 def footer_of(chunk: Chunk) -> str:
@@ -277,9 +361,9 @@ def retry(session: ChatSession):
 
 
 def undo(session: ChatSession):
-    """Undo: remove the last exchange and put the user's text back in the box."""
+    """Undo: remove the last exchange (replies and tool results too) and put the user's text back in the box."""
     session.stop()
-    while session.turns and session.turns[-1].role == "assistant":
+    while session.turns and session.turns[-1].role != "user":
         session.turns.pop()
     text = session.turns.pop().content if session.turns else ""
     return text, session, render(session)

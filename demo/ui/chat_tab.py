@@ -8,6 +8,7 @@ import gradio as gr
 from ..hub import Hub
 from . import chat_handlers as h
 from . import inspector_handlers, share_handlers
+from . import tools as tool_text
 from .inspector import build_inspector
 from .widgets import message_row
 
@@ -42,20 +43,32 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
             max_new_tokens = gr.Slider(1, 4096, value=defaults.max_new_tokens, step=1, label="max_new_tokens")
             seed = gr.Number(-1, label="seed (-1: random)", precision=0)
             greedy = gr.Checkbox(defaults.greedy, label="greedy")
+    with gr.Accordion("Tools", open=False, elem_id="chat-tools-accordion"):
+        tools = gr.Textbox(label="Tool definitions", lines=6, max_lines=20, elem_id="chat-tools",
+                           info=tool_text.TOOLS_INFO, placeholder=tool_text.EXAMPLE)
+        tools_status = gr.Markdown(tool_text.tools_status(""), elem_id="chat-tools-status")
+        with gr.Row():
+            result = gr.Textbox(label="Tool result", lines=2, max_lines=10, scale=5, elem_id="chat-tool-result",
+                                placeholder="What the called function returned (answers the oldest call waiting)")
+            send_result = gr.Button("Send tool result", size="sm", scale=1, elem_id="chat-tool-send")
     controls = [custom, temperature, top_p, top_k, repetition_penalty, max_new_tokens, seed, greedy]
     inspector = build_inspector("chat")
     prompt_io = dict(fn=functools.partial(inspector_handlers.chat_prompt, hub),
-                     inputs=[session, model, system, max_new_tokens], outputs=inspector["outputs"])
+                     inputs=[session, model, system, max_new_tokens, thinking, tools], outputs=inspector["outputs"])
     inspector["show"].click(**prompt_io, api_name="chat_prompt")
     inspector["accordion"].expand(**prompt_io, api_visibility="private")
 
-    reply_io = dict(fn=h.reply_for(hub), inputs=[session, model, system, *controls, thinking],
+    reply_io = dict(fn=h.reply_for(hub), inputs=[session, model, system, *controls, thinking, tools],
                     outputs=[session, chatbot, status])
-    append_io = dict(fn=h.user_message_for(hub), inputs=[message, session],
+    append_io = dict(fn=h.user_message_for(hub), inputs=[message, session, tools, model],
                      outputs=[message, session, chatbot, status],
                      queue=False)
+    result_io = dict(fn=h.tool_result_for(hub), inputs=[result, session], outputs=[result, session, chatbot, status],
+                     queue=False)
     submitted = [message.submit(**append_io, api_name="send").then(**reply_io, api_name="reply"),
-                 send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private")]
+                 send.click(**append_io, api_visibility="private").then(**reply_io, api_visibility="private"),
+                 send_result.click(**result_io, api_name="tool_result").then(**reply_io, api_visibility="private")]
+    tools.change(tool_text.tools_status, tools, tools_status, queue=False, api_visibility="private")
     regenerated = retry.click(h.retry, session, [session, chatbot], queue=False, api_name="retry").then(
         **reply_io, api_visibility="private")
     streaming = [*submitted, regenerated]
@@ -69,8 +82,10 @@ def build_chat_tab(hub: Hub, default_model: str | None) -> dict:
         return share_handlers.share(hub, share_handlers.chat_transcript(state), request)
 
     share.click(share_conversation, session, link, queue=False, api_name="chat_share")
-    model.change(functools.partial(h.thinking_switch, hub), model, thinking, api_visibility="private")
+    model.change(functools.partial(h.template_controls, hub), model, [thinking, tools, result],
+                 show_progress="hidden", api_visibility="private")
     model.change(functools.partial(h.defaults_view, hub), model,
                  [temperature, top_p, top_k, repetition_penalty, max_new_tokens, greedy], queue=False,
                  api_visibility="private")
-    return {"model": model, "thinking": thinking, "chatbot": chatbot, "session": session, "message": message, "status": status}
+    return {"model": model, "thinking": thinking, "tools": tools, "chatbot": chatbot, "session": session,
+            "message": message, "status": status}

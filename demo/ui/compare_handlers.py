@@ -12,7 +12,8 @@ import gradio as gr
 from ..compare import MAX_MODELS, Comparison, Pane, own_defaults, shared_settings
 from ..hub import Hub, ui_client
 from .chat_handlers import charge, sampling, too_long_for
-from .thinking import reply_view
+from .templates import known_traits
+from .thinking import reply_view, switch_state_of_set, thinking_options
 from .widgets import literal
 
 MIN_MODELS = 2
@@ -28,6 +29,7 @@ class CompareSession:
     footers: dict[str, str] = field(default_factory=dict)  # per model: its last reply's stats line
     comparison: Comparison | None = None
     paid: bool = False  # the last send was charged to the rate limit (see chat_handlers.charge)
+    thinking: bool = True  # the Thinking switch of the last round
 
     def stop(self) -> None:
         """End the running round and drop its results (a new message, Regenerate, Clear, a closed tab)."""
@@ -85,8 +87,18 @@ def pane_view(session: CompareSession, index: int, live: Pane | None = None):
         turns.append({"role": "assistant", "content": live.text, "reasoning": live.reasoning,
                       "thinking_s": live.thinking_s, "done": live.thinking_s is not None or live.finished,
                       "error": live.error if live.finish_reason == "error" else None})
-        return displayed(turns), live.footer()
+        return displayed(turns), live.footer() + switch_note(live, session.thinking)
     return displayed(turns), session.footers.get(model, "")
+
+
+# Compare's one Thinking switch applies to the models whose template has a thinking variable; the pane of a
+# model without one says that its answer is the usual one.
+NO_SWITCH_NOTE = " · the Thinking switch does not apply: this model's template has no thinking variable"
+
+
+def switch_note(pane: Pane, thinking: bool) -> str:
+    """The note on the stats line of a model the switch (off) could not reach, once its prompt was built."""
+    return NO_SWITCH_NOTE if not thinking and pane.params and not pane.template_kwargs else ""
 
 
 def views(session: CompareSession, live: list[Pane] | None = None) -> list:
@@ -104,6 +116,17 @@ def layout(ids):
     columns = [gr.update(visible=k < max(len(ids), MIN_MODELS)) for k in range(MAX_MODELS)]
     chatbots = [gr.update(label=ids[k] if k < len(ids) else f"Model {k + 1}") for k in range(MAX_MODELS)]
     return [*columns, *chatbots]
+
+
+def thinking_switch(hub: Hub, ids, set_for: list | None = None):
+    """(the Thinking switch, the model set it is now for) for the chosen models: on while any of their templates
+    has a thinking variable. The Dropdown reports a set a link chose twice; the second must not undo a choice
+    the user made in between, so the same set again leaves the switch alone."""
+    ids = list(ids or [])
+    if ids == set_for:
+        return gr.skip(), set_for
+    interactive, info = switch_state_of_set({m: known_traits(hub, m) for m in ids if m in hub.registry})
+    return gr.update(interactive=interactive, info=info, value=interactive), ids
 
 
 def choice_status(hub: Hub, ids) -> str:
@@ -137,8 +160,9 @@ def user_message_for(hub: Hub):
     return append
 
 
-def reply(hub: Hub, session: CompareSession, own: bool, *controls, request=None):
-    """Stream every model's reply to the last user turn: yields (session, 4 chats, 4 stats lines, status)."""
+def reply(hub: Hub, session: CompareSession, own: bool, *controls, thinking: bool = True, request=None):
+    """Stream every model's reply to the last user turn: yields (session, 4 chats, 4 stats lines, status).
+    `thinking`: the Thinking switch, passed to the templates that have a thinking variable."""
     models = session.models
     if not models or any(not session.turns[m] or session.turns[m][-1]["role"] != "user" for m in models):
         yield session, *views(session), gr.skip()  # nothing was sent: the reason on the status line stays
@@ -148,8 +172,10 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls, request=None)
         yield session, *views(session), refused.replace("Nothing was sent.", "No reply was made.")
         return
     params_for = own_defaults if own else shared_settings(sampling(True, *controls))
+    session.thinking = bool(thinking)
     session.comparison = comparison = Comparison(
-        hub.manager.get, [(m, for_model(session.turns[m])) for m in models], params_for)
+        hub.manager.get, [(m, for_model(session.turns[m])) for m in models], params_for,
+        lambda loaded: thinking_options(loaded, thinking))
     panes = comparison.start().snapshot()
     for panes in comparison.stream(UI_TICK_S):
         yield session, *views(session, panes), ""
@@ -160,7 +186,7 @@ def reply(hub: Hub, session: CompareSession, own: bool, *controls, request=None)
         session.turns[model].append({"role": "assistant", "content": pane.text, "reasoning": pane.reasoning,
                                      "thinking_s": pane.thinking_s, "done": True,
                                      "error": pane.error if pane.finish_reason == "error" else None})
-        session.footers[model] = pane.footer()
+        session.footers[model] = pane.footer() + switch_note(pane, session.thinking)
     yield session, *views(session), ""
 
 

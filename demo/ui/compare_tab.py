@@ -11,13 +11,16 @@ from ..params import GenerationParams
 from . import compare_handlers as h
 from . import inspector_handlers, share_handlers
 from .inspector import build_inspector
+from .thinking import SWITCH_INFO
 from .widgets import message_row
 
 
 def build_compare_tab(hub: Hub) -> dict:
     session = gr.State(h.new_session, delete_callback=lambda s: s.stop())
-    models = gr.Dropdown(hub.choices(), multiselect=True, max_choices=MAX_MODELS, label="Models to compare (2-4)",
-                         elem_id="compare-models")
+    with gr.Row():
+        models = gr.Dropdown(hub.choices(), multiselect=True, max_choices=MAX_MODELS,
+                             label="Models to compare (2-4)", elem_id="compare-models", scale=3)
+        thinking = gr.Checkbox(True, label="Thinking", elem_id="compare-thinking", scale=1, info=SWITCH_INFO)
     status = gr.Markdown(elem_id="compare-status")
     columns, chatbots, footers, stops = [], [], [], []
     with gr.Row(equal_height=True):
@@ -54,7 +57,8 @@ def build_compare_tab(hub: Hub) -> dict:
     models.change(inspector_handlers.model_choices, models, inspector["model"], queue=False,
                   api_visibility="private")
     prompt_io = dict(fn=functools.partial(inspector_handlers.compare_prompt, hub),
-                     inputs=[session, inspector["model"], own, max_new_tokens], outputs=inspector["outputs"])
+                     inputs=[session, inspector["model"], own, max_new_tokens, thinking],
+                     outputs=inspector["outputs"])
     inspector["show"].click(**prompt_io, api_name="compare_prompt")
     inspector["accordion"].expand(**prompt_io, api_visibility="private")
     inspector["model"].input(**prompt_io, api_visibility="private")
@@ -63,12 +67,16 @@ def build_compare_tab(hub: Hub) -> dict:
     # change: also when a ?compare= link sets the models; input: only the user's own choice gets a verdict.
     models.change(h.layout, models, [*columns, *chatbots], queue=False, api_visibility="private")
     models.input(functools.partial(h.choice_status, hub), models, status, queue=False, api_visibility="private")
+    switch_set = gr.State(None)  # the model set the Thinking switch was last set for
+    models.change(functools.partial(h.thinking_switch, hub), [models, switch_set], [thinking, switch_set],
+                  show_progress="hidden", api_visibility="private")
     # Gradio passes the request to a positional parameter annotated gr.Request (not after *args)
-    def reply(state, own_settings, temp, p, k, penalty, budget, seed_value, argmax, request: gr.Request):
+    def reply(state, own_settings, temp, p, k, penalty, budget, seed_value, argmax, thinking_on: bool = True,
+              request: gr.Request = None):
         yield from h.reply(hub, state, own_settings, temp, p, k, penalty, budget, seed_value, argmax,
-                           request=request)
+                           thinking=thinking_on, request=request)
 
-    reply_io = dict(fn=reply, inputs=[session, own, *controls],
+    reply_io = dict(fn=reply, inputs=[session, own, *controls, thinking],
                     outputs=[session, *panes, status], concurrency_limit=None,
                     show_progress="hidden")  # panes show their own progress; overlays would make buttons jump
     append_io = dict(fn=h.user_message_for(hub), inputs=[message, models, session],
@@ -85,4 +93,4 @@ def build_compare_tab(hub: Hub) -> dict:
         return share_handlers.share(hub, h.transcript(state), request)
 
     share.click(share_conversation, session, link, queue=False, api_name="compare_share")
-    return {"models": models, "status": status, "chatbots": chatbots, "session": session}
+    return {"models": models, "thinking": thinking, "status": status, "chatbots": chatbots, "session": session}

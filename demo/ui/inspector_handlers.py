@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 
 import gradio as gr
 from adapters import AdapterError
+from adapters.tools import ToolError
 from adapters.weights import WeightsMissing
 
 from ..hub import Hub
-from ..promptview import prompt_report, prompt_source
+from ..promptview import prompt_report
 from ..registry import UnknownModelError
+from .templates import source_for
+from .thinking import chat_options
+from .tools import parse_tools
 
 PREVIEW_CHARS = 60  # of each dropped message, in the summary
-_sources: dict[tuple[int, str], object] = {}  # (registry, model id) -> weightless LoadedModel
-_sources_lock = threading.Lock()
-
-
-def source_for(hub: Hub, model_id: str):
-    """The model's prompt builder (tokenizer, adapter, config), read once per model and kept."""
-    key = (id(hub.registry), model_id)
-    with _sources_lock:
-        if key not in _sources:
-            _sources[key] = prompt_source(hub.registry.get(model_id), hub.registry)
-        return _sources[key]
-
-
 def budget(hub: Hub, max_new_tokens) -> int | None:
     """The reply budget a generation would reserve: the slider's value, under the hub's cap."""
     if not max_new_tokens:
@@ -39,21 +29,25 @@ def budget(hub: Hub, max_new_tokens) -> int | None:
     return min(int(max_new_tokens), hub.registry.limits.max_new_tokens)
 
 
-def up_to_last_user(messages: list[dict]) -> list[dict]:
-    """The messages the latest reply was (or the next is) built from: everything to the last user turn."""
-    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+def up_to_last_sent(messages: list[dict]) -> list[dict]:
+    """The messages the latest reply was (or the next is) built from: everything to the last user turn or
+    tool result."""
+    last = max((i for i, m in enumerate(messages) if m["role"] in ("user", "tool")), default=None)
     return [] if last is None else messages[:last + 1]
 
 
-def inspect(hub: Hub, model_id: str | None, messages: list[dict], max_new_tokens=None) -> tuple[str, str, str]:
-    """(summary and marked prompt as HTML, ids, stops) for `messages` as `model_id` would get them."""
+def inspect(hub: Hub, model_id: str | None, messages: list[dict], max_new_tokens=None, thinking: bool = True,
+            tools: list[dict] | None = None) -> tuple[str, str, str]:
+    """(summary and marked prompt as HTML, ids, stops) for `messages` as `model_id` would get them, with the
+    Thinking switch and the tools as a reply passes them (demo.ui.thinking.chat_options)."""
     if not model_id:
         return note("Pick a model first."), "", ""
-    messages = up_to_last_user(messages)
+    messages = up_to_last_sent(messages)
     if not messages:
         return note("Send a message first: this shows the prompt up to the last message sent."), "", ""
     try:
-        report = prompt_report(source_for(hub, model_id), messages, budget(hub, max_new_tokens))
+        source = source_for(hub, model_id)
+        report = prompt_report(source, messages, budget(hub, max_new_tokens), chat_options(source, thinking, tools))
     except (UnknownModelError, AdapterError, WeightsMissing, OSError, ValueError) as e:
         return note(f"⚠️ {model_id}: {e}"), "", ""
     stops = {"stop_token_ids": report["stop_token_ids"], "stop_strings": report["stop_strings"]}
@@ -91,12 +85,18 @@ def preview(text: str) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "…"
 
 
-def chat_prompt(hub: Hub, session, model_id: str, system: str, max_new_tokens):
-    """The Chat tab's inspector: the selected model, the system prompt and the max_new_tokens slider."""
-    return inspect(hub, model_id, session.messages(system), max_new_tokens)
+def chat_prompt(hub: Hub, session, model_id: str, system: str, max_new_tokens, thinking: bool = True,
+                tools: str | None = None):
+    """The Chat tab's inspector: the selected model, the system prompt, the max_new_tokens slider, the Thinking
+    switch and the Tools box."""
+    try:
+        defined = parse_tools(tools)
+    except ToolError as e:
+        return note(f"⚠️ Tools: {e}"), "", ""
+    return inspect(hub, model_id, session.messages(system), max_new_tokens, thinking, defined)
 
 
-def compare_prompt(hub: Hub, session, model_id: str | None, own: bool, max_new_tokens):
+def compare_prompt(hub: Hub, session, model_id: str | None, own: bool, max_new_tokens, thinking: bool = True):
     """The Compare tab's inspector for one of the compared models and its own conversation."""
     if not session.models:
         return note("Send a message to the models first."), "", ""
@@ -105,7 +105,7 @@ def compare_prompt(hub: Hub, session, model_id: str | None, own: bool, max_new_t
         return note(f"{model_id} has no conversation here yet: send a message to this set of models."), "", ""
     from .compare_handlers import for_model
 
-    return inspect(hub, model_id, for_model(session.turns[model_id]), None if own else max_new_tokens)
+    return inspect(hub, model_id, for_model(session.turns[model_id]), None if own else max_new_tokens, thinking)
 
 
 def model_choices(ids):
