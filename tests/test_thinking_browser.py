@@ -4,6 +4,7 @@ thinking on it thinks "Hmm" and answers "Hi"; with thinking off it calls get_wea
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -91,17 +92,31 @@ TOOLS = ('[{"type": "function", "function": {"name": "get_weather", "description
          '"parameters": {"type": "object", "properties": {"q": {"type": "integer"}}}}}]')
 
 
+def fill_until_status(page, box, text: str, status: str, timeout_s: float = 30) -> None:
+    """Type into the Tools box until its status line says `status`: the page's load-time update of the
+    box (for the model it opens on) re-draws it, and a value typed just before may not reach the server."""
+    check = "(text) => document.querySelector('#chat-tools-status')?.innerText.includes(text)"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        box.fill(text)
+        try:
+            page.wait_for_function(check, arg=status, timeout=3000)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+
+
 def test_a_tool_call_shows_as_a_collapsible_block_and_its_result_goes_back(page, server):
     page.goto(server.url)
     page.locator("#chat-input textarea").wait_for()
-    page.locator("#chat-thinking input[type=checkbox]").uncheck()  # the scripted model calls when it does not think
     page.locator("#chat-tools-accordion").get_by_text("Tools", exact=True).click()
     tools = page.locator("#chat-tools textarea")
-    tools.fill("[{")
-    status = "(text) => document.querySelector('#chat-tools-status')?.innerText.includes(text)"
-    page.wait_for_function(status, arg="not valid JSON")
-    tools.fill(TOOLS)
-    page.wait_for_function(status, arg="1 tool: get_weather")
+    fill_until_status(page, tools, "[{", "not valid JSON")
+    fill_until_status(page, tools, TOOLS, "1 tool: get_weather")
+    thinking = page.locator("#chat-thinking input[type=checkbox]")
+    thinking.uncheck()  # the scripted model calls when it does not think
+    assert not thinking.is_checked()
     send(page, "#chat-input", "Weather?")
     page.wait_for_function(ANSWERS_DONE, arg=1, timeout=120_000)
     chat = page.locator("#chatbot")
