@@ -321,7 +321,7 @@ def _chat_options(body: ChatRequest, loaded, tools, choice) -> ChatOptions:
 
 def _engine_fields(body: ChatRequest, loaded, chat: ChatOptions) -> dict:
     """What stream_chat gets beside the messages: a local engine, response_format as a logits processor; a
-    server that templates messages itself, tool_choice and response_format, which it enforces."""
+    server that templates messages itself, tool_choice, response_format and reasoning_effort, which it enforces."""
     if loaded.backend.capabilities.exact_prompt_ids:
         return _constraint(body, loaded)
     from .structured import ConstraintError, json_schema_of
@@ -329,6 +329,8 @@ def _engine_fields(body: ChatRequest, loaded, chat: ChatOptions) -> dict:
     fields = {}
     if chat.tools and body.tool_choice is not None:
         fields["tool_choice"] = body.tool_choice
+    if body.reasoning_effort is not None:  # the server maps it onto its model's template, as it knows it
+        fields["reasoning_effort"] = body.reasoning_effort
     try:
         if body.response_format is not None and json_schema_of(body.response_format) is not None:
             fields["response_format"] = body.response_format

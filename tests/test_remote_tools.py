@@ -118,16 +118,17 @@ def test_tool_results_go_back_to_the_remote(client):
 def test_tool_choice_and_response_format_reach_the_remote(client, servers):
     reply = client.chat.completions.create(
         model=REMOTE, messages=HI, tools=[WEATHER], tool_choice="required", extra_body=NO_THINKING,
+        reasoning_effort="low",
         response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}})
     assert reply.choices[0].message.tool_calls[0].function.name == "get_weather"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # transformers serve logs the fields it was sent and does not enforce
         lines = [line for line in servers["remote"].lines if "Ignoring unsupported fields" in line
-                 and "'tool_choice'" in line and "'response_format'" in line]
+                 and "'tool_choice'" in line and "'response_format'" in line and "'reasoning_effort'" in line]
         if lines:
             return
         time.sleep(0.2)
-    raise AssertionError(f"the remote never saw tool_choice and response_format:\n{servers['remote'].output[-3000:]}")
+    raise AssertionError(f"the remote never saw tool_choice, response_format and reasoning_effort:\n{servers['remote'].output[-3000:]}")
 
 
 @pytest.mark.parametrize("request_args, param", [
