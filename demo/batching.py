@@ -27,7 +27,7 @@ from .decodeplan import LinearPlan
 from .fastdecode import LeanDecode
 from .logprobs import distribution, token_entry
 from .memory import model_bytes, trim_c_heap
-from .prepack import Packing
+from .prepack import KERNELS, Packing
 from .rounding import heavy_tailed, within_rounding
 
 log = logging.getLogger(__name__)
@@ -198,17 +198,19 @@ class BatchedDecoder:
     """The decode loop of one model; `submit` is thread-safe, everything else runs on the loop's thread."""
 
     def __init__(self, model, max_batch: int = MAX_BATCH, lean: bool = True, prepack: bool = True,
-                 exact: bool = False, exact_packing: bool = True, prefill_model=None, prefill_together: bool = False):
+                 exact: bool = False, exact_packing: bool = True, prefill_model=None, prefill_together: bool = False,
+                 kernel: str = "oneDNN"):
         """`lean`, `prepack` and `exact` as the decode plan says (demo.decodeplan); `exact_packing`: pack only
         where the packed products are bitwise F.linear's (else within rounding, for a float32 plan);
         `prefill_model`: a copy of the model in another dtype that prefills (float32 on a CPU without bf16
         kernels), whose cache is then held in the decode model's dtype; `prefill_together`: the prompts waiting
-        at a step are prefilled in one call (a batch job's plan), not one by one."""
+        at a step are prefilled in one call (a batch job's plan), not one by one; `kernel`: what packed
+        projections run on (demo.prepack.KERNELS)."""
         self.model, self.max_batch, self.prefill_model = model, max_batch, prefill_model
         self.prefill_together = prefill_together
         rowwise_attention(model)
         step = LeanDecode.fuse(model, exact) if lean else None
-        self.packing = Packing(exact_packing)
+        self.packing = Packing(exact_packing, KERNELS[kernel])
         if step is not None and prepack:
             step.prepack(self.packing)
         if self.packed:

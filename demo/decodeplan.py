@@ -22,6 +22,7 @@ from typing import Mapping
 
 import torch
 
+from . import bf16kernel
 from .registry import DecodeSettings
 
 # The environment overrides of the decode settings: the only place they are read (README, "Settings").
@@ -29,10 +30,11 @@ ENVIRONMENT = {
     "HUB_BATCHED_DECODE": ("batched", "0: generate() serves every model, one request at a time"),
     "HUB_LEAN_DECODE": ("lean", "0: every decode step through model(...)"),
     "HUB_PREPACK": ("prepack", "0: no oneDNN-packed weights"),
+    "HUB_BF16_KERNEL": ("bf16_kernel", "0: bf16 steps on PyTorch's kernels only"),
     "HUB_EXACT_DECODE": ("exact", "1: every step bitwise generate()'s with the model's own dtype"),
     "HUB_DECODE_COMPUTE": ("compute", "auto | model | float32"),
 }
-_FLAGS = ("batched", "lean", "prepack", "exact")
+_FLAGS = ("batched", "lean", "prepack", "bf16_kernel", "exact")
 
 
 def with_environment(settings: DecodeSettings, environ: Mapping[str, str] = os.environ) -> DecodeSettings:
@@ -100,7 +102,9 @@ class DecodePlan:
     decode_dtype: str
     exact: bool  # every step bitwise generate()'s with the loaded dtype
     lean: bool = False  # the checked lean step (demo/fastdecode.py)
-    prepacked: int = 0  # matrices packed for oneDNN (demo/prepack.py)
+    prepacked: int = 0  # matrices packed for `kernel` (demo/prepack.py)
+    kernel: str = "oneDNN"  # what the packed matrices run on (demo.prepack.KERNELS)
+    kernel_note: str = ""  # why the hub's bf16 kernel is not used where the plan would use it
     group_rows: bool = False  # rows of one length share an attention call
     fold_heads: bool = False  # grouped query heads attend as one kernel item
     pair_rows: bool = False  # Linears with a one-row kernel of their own run whole, a row as two
@@ -118,7 +122,9 @@ class DecodePlan:
                                         ("folded heads", self.fold_heads), ("paired rows", self.pair_rows),
                                         ("prompts prefilled together", self.prefill_together)) if on]
         if self.prepacked:
-            parts.append(f"{self.prepacked} packed")
+            parts.append(f"{self.prepacked} packed" + (f" on the {self.kernel} kernel" if self.kernel != "oneDNN" else ""))
+        if self.kernel_note:
+            parts.append(self.kernel_note)
         return ", ".join(parts) + f"; {self.isa}"
 
     def as_dict(self) -> dict:
@@ -126,6 +132,7 @@ class DecodePlan:
                 "prefill_dtype": self.prefill_dtype, "decode_dtype": self.decode_dtype, "exact": self.exact,
                 "lean": self.lean, "prepacked": self.prepacked, "group_rows": self.group_rows,
                 "fold_heads": self.fold_heads, "pair_rows": self.pair_rows, "reason": self.reason, "rows": self.rows,
+                "kernel": self.kernel,
                 "prefill_together": self.prefill_together,
                 "summary": self.summary()}
 
@@ -152,6 +159,20 @@ def compute_dtypes(settings: DecodeSettings, model_dtype: torch.dtype, device: s
         return model_dtype, model_dtype
     float32_bytes = weight_bytes * 4 // model_dtype.itemsize
     return (torch.float32 if float32_bytes <= machine_memory_bytes() // 4 else model_dtype), model_dtype
+
+
+def packing_kernel(settings: DecodeSettings, decode_dtype: torch.dtype, device: str, isa: str) -> tuple[str, str]:
+    """(what the lean step's projections are packed for, why not the hub's bf16 kernel where it would serve).
+
+    A bf16 decode on a CPU without bf16 kernels runs its projections on the hub's own kernel
+    (demo/bf16kernel.py): there PyTorch's bf16 product costs about as many single rows as it has rows, the
+    hub's about 2.4x one row at 4 rows. Its products are within rounding of PyTorch's, so an exact plan
+    keeps PyTorch's."""
+    if (device != "cpu" or decode_dtype != torch.bfloat16 or fast_bf16(isa) or settings.exact
+            or not settings.bf16_kernel or not settings.lean):
+        return "oneDNN", ""
+    reason = bf16kernel.unavailable(cpu_flags())
+    return ("oneDNN", reason) if reason else ("hub bf16", "")
 
 
 def for_throughput(settings: DecodeSettings, rows: int, isa: str | None = None) -> DecodeSettings:

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from .batching import BatchedDecoder, can_batch
-from .decodeplan import DecodePlan, compute_dtypes, cpu_isa, dtype_name, with_environment
+from .decodeplan import DecodePlan, compute_dtypes, cpu_isa, dtype_name, packing_kernel, with_environment
 from .memory import model_bytes, trim_c_heap
 from .registry import DecodeSettings
 
@@ -38,10 +38,13 @@ def prepare(model, quant_format: str, settings: DecodeSettings | None) -> tuple[
     if prefill != decode:
         prefill_model = copy.deepcopy(model)  # before the loop fuses and packs the decode weights
         hold_in(prefill_model, prefill)
+    kernel, kernel_note = packing_kernel(settings, decode, device, isa)
+    hub_kernel = kernel != "oneDNN"
     try:
         decoder = BatchedDecoder(model, max_batch=settings.rows, prefill_together=settings.prefill_together,
-                                 lean=settings.lean, prepack=settings.prepack, exact=settings.exact,
-                                 exact_packing=decode == loaded_dtype, prefill_model=prefill_model)
+                                 lean=settings.lean, prepack=settings.prepack or hub_kernel, exact=settings.exact,
+                                 exact_packing=decode == loaded_dtype and not hub_kernel,
+                                 prefill_model=prefill_model, kernel=kernel)
     except Exception as e:  # a failure here only means the model is served through generate()
         log.exception("preparing the batched decode loop failed; generate() will serve")
         name = dtype_name(decode or "")
@@ -53,8 +56,8 @@ def prepare(model, quant_format: str, settings: DecodeSettings | None) -> tuple[
                       decode_dtype=dtype_name(decode), exact=settings.exact, lean=lean is not None,
                       prepacked=decoder.packed, group_rows=bool(lean and lean.group_rows),
                       fold_heads=bool(lean and lean.fold_heads), pair_rows=bool(lean and lean.pair_rows),
-                      rows=settings.rows, prefill_together=settings.prefill_together,
-                      linears=decoder.linears), decoder
+                      rows=settings.rows, prefill_together=settings.prefill_together, kernel=kernel,
+                      kernel_note=kernel_note, linears=decoder.linears), decoder
 
 
 def _no_loop_reason(model, quant_format: str, settings: DecodeSettings) -> str:

@@ -53,15 +53,15 @@ class LeanDecode:
         how many were packed.
 
         Packing happens before the row-consistency probe and the check, so both see the packed products.
-        A tied output head stays plain: packing it would hold the embedding a second time."""
+        A tied output head stays plain where packing it would hold the embedding a second time."""
         pack, groups = packing.pack, []
         for fused, layer in zip(self.layers, self.inner.layers):
             a, mlp = layer.self_attn, layer.mlp
             groups += [pack([a.q_proj, a.k_proj, a.v_proj], fused["qkv"]), pack([a.o_proj]),
                        pack([mlp.gate_proj, mlp.up_proj], fused["gate_up"]), pack([mlp.down_proj])]
         head = self.model.lm_head
-        if head.weight.data_ptr() != self.inner.embed_tokens.weight.data_ptr() or not packing.exact:
-            groups.append(pack([head]))  # a float32 plan packs a tied head too: a row's logits cost half
+        if head.weight.data_ptr() != self.inner.embed_tokens.weight.data_ptr() or packing.packs_tied_head:
+            groups.append(pack([head]))
         return sum(g is not None for g in groups)
 
     def linears(self) -> list[torch.nn.Linear]:

@@ -20,6 +20,10 @@ says whether to pack (`decode: {prepack: false}`, `HUB_PREPACK=0`).
 A float32 plan that is not exact (on a CPU without bf16 kernels, demo/decodeplan.py) also packs float32
 weights, whose packed products differ from `F.linear` by rounding: there a layer is packed when its
 products are within two rounding steps of `F.linear`'s (`exact=False`).
+
+On a CPU without bf16 kernels a bf16 plan that is not exact runs the same groups through the hub's own
+kernel instead (`HUB_BF16`, demo/bf16kernel.py): the weights stay as they are (no copy, so a tied head
+is taken too), and the products are within rounding of `F.linear`'s.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from . import bf16kernel
 from .rounding import heavy_tailed, within_rounding
 
 log = logging.getLogger(__name__)
@@ -53,12 +58,44 @@ def _dense(packed: torch.Tensor) -> torch.Tensor:
     return packed.to_dense()
 
 
+class OneDNN:
+    """oneDNN's packed layout: a reordered copy of each weight (the module's functions above, looked up at each
+    call so that tests can stand in for them)."""
+
+    name, copies = "oneDNN", True
+
+    @staticmethod
+    def supports(weight: torch.Tensor) -> bool:
+        return available(weight)
+
+    reorder = staticmethod(lambda weight: _reorder(weight))
+    linear = staticmethod(lambda x, packed, bias: _linear(x, packed, bias))
+    dense = staticmethod(lambda packed: _dense(packed))
+
+
+class HubBf16:
+    """The hub's bf16 kernel for CPUs without bf16 kernels (demo/bf16kernel.py): the weight as it is."""
+
+    name, copies = "hub bf16", False
+
+    @staticmethod
+    def supports(weight: torch.Tensor) -> bool:
+        return bf16kernel.supports(weight) and not bf16kernel.unavailable()
+
+    reorder = staticmethod(lambda weight: weight)
+    linear = staticmethod(bf16kernel.linear)
+    dense = staticmethod(lambda packed: packed)
+
+
+KERNELS = {kernel.name: kernel for kernel in (OneDNN, HubBf16)}
+
+
 class PackedGroup:
     """One packed matrix: the rows of `parts` (Linears) stacked, optionally also run whole as `whole`."""
 
-    def __init__(self, parts: list[torch.nn.Linear], whole: torch.nn.Linear | None, weight, bias):
-        self.parts, self.whole, self.bias = parts, whole, bias
-        self.packed = _reorder(weight)
+    def __init__(self, parts: list[torch.nn.Linear], whole: torch.nn.Linear | None, weight, bias, kernel=OneDNN):
+        self.parts, self.whole, self.bias, self.kernel = parts, whole, bias, kernel
+        self.packed = kernel.reorder(weight)
         self.shape = tuple(weight.shape)
         bounds, start = [], 0
         for part in parts:
@@ -68,7 +105,7 @@ class PackedGroup:
         self._last: tuple | None = None  # (input, fused output) of the last part-call
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _linear(x, self.packed, self.bias)
+        return self.kernel.linear(x, self.packed, self.bias)
 
     def part_forward(self, index: int):
         start, end = self.bounds[index]
@@ -98,7 +135,7 @@ class PackedGroup:
             got, want = self(x), F.linear(x, weight, self.bias)
             if not (torch.equal(got, want) if exact else within_rounding(got, want, terms=n_in)):
                 return False
-        return torch.equal(_dense(self.packed), weight)
+        return torch.equal(self.kernel.dense(self.packed), weight)
 
     def modules(self) -> list[torch.nn.Linear]:
         return [*self.parts, *([self.whole] if self.whole is not None else [])]
@@ -114,7 +151,7 @@ class PackedGroup:
 
     def uninstall(self) -> None:
         """Plain weights back (the originals, exactly), and the modules' own forward()."""
-        weight = _dense(self.packed)
+        weight = self.kernel.dense(self.packed)
         if self.whole is not None:
             self.whole.weight = torch.nn.Parameter(weight, requires_grad=False)
         for part, (start, end) in zip(self.parts, self.bounds):
@@ -126,13 +163,19 @@ class PackedGroup:
 class Packing:
     """The packed matrices of one model, and which Linear runs through which (the only record of it)."""
 
-    def __init__(self, exact: bool = True):
-        self.exact = exact
+    def __init__(self, exact: bool = True, kernel=OneDNN):
+        self.exact, self.kernel = exact, kernel
         self.groups: list[PackedGroup] = []
         self._of: dict[torch.nn.Linear, PackedGroup] = {}
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    @property
+    def packs_tied_head(self) -> bool:
+        """Whether a head tied to the embedding is packed too: where packing copies no weight, or where a
+        float32 plan (not exact) pays the copy for a row's logits at half the cost."""
+        return not self.kernel.copies or not self.exact
 
     def group_of(self, linear: torch.nn.Linear) -> PackedGroup | None:
         return self._of.get(linear)
@@ -140,7 +183,7 @@ class Packing:
     def pack(self, parts: list[torch.nn.Linear], whole: torch.nn.Linear | None = None) -> PackedGroup | None:
         if (whole if whole is not None else parts[0]) in self._of:
             return None
-        group = pack(parts, whole, self.exact)
+        group = pack(parts, whole, self.exact, self.kernel)
         if group is not None:
             self.groups.append(group)
             self._of.update(dict.fromkeys(group.modules(), group))
@@ -153,16 +196,17 @@ class Packing:
         self.groups, self._of = [], {}
 
 
-def pack(parts: list[torch.nn.Linear], whole: torch.nn.Linear | None = None, exact: bool = True) -> PackedGroup | None:
+def pack(parts: list[torch.nn.Linear], whole: torch.nn.Linear | None = None, exact: bool = True,
+         kernel=OneDNN) -> PackedGroup | None:
     """Pack `whole` (or the single part), whose rows are the parts' weights; None where it does not match."""
     source = whole if whole is not None else parts[0]
     weight = source.weight.detach()
-    if not available(weight):
+    if not kernel.supports(weight):
         return None
     bias = source.bias.detach() if source.bias is not None else None
     with torch.inference_mode(False), torch.no_grad():
         try:
-            group = PackedGroup(parts, whole, weight, bias)
+            group = PackedGroup(parts, whole, weight, bias, kernel)
         except RuntimeError as error:  # e.g. a bf16 weight on a CPU without AVX-512 or AVX-NE-CONVERT
             log.info("cannot pack a %s %s weight here (%s); keeping it plain", weight.dtype, tuple(weight.shape),
                      str(error).splitlines()[0])

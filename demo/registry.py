@@ -82,6 +82,8 @@ class DecodeSettings(Strict):
     batched: bool = Field(True, description="one decode loop per model serves every request (else generate())")
     lean: bool = Field(True, description="Llama-shaped models decode through the checked lean step")
     prepack: bool = Field(True, description="oneDNN-packed weights where the CPU has the kernels")
+    bf16_kernel: bool = Field(True, description="on a CPU without bf16 kernels, bf16 decode steps run on the hub's "
+                                                "own kernel (demo/bf16kernel.py), within rounding; not in an exact plan")
     exact: bool = Field(False, description="every step bitwise what generate() computes with the model's dtype")
     compute: Literal["auto", "model", "float32"] = Field(
         "auto", description="auto: float32 on a CPU without fast bf16 kernels (AVX2), else the model's dtype")

@@ -39,7 +39,8 @@ def test_the_environment_overrides_the_registry_in_one_place():
                                       "HUB_BATCHED_DECODE": "1", "HUB_DECODE_COMPUTE": "model"})
     assert got == DecodeSettings(exact=True, prepack=True, lean=False, batched=True, compute="model")
     assert set(ENVIRONMENT) == {"HUB_BATCHED_DECODE", "HUB_LEAN_DECODE", "HUB_PREPACK", "HUB_EXACT_DECODE",
-                                "HUB_DECODE_COMPUTE"}
+                                "HUB_DECODE_COMPUTE", "HUB_BF16_KERNEL"}
+    assert not with_environment(settings, {"HUB_BF16_KERNEL": "0"}).bf16_kernel
     with pytest.raises(ValueError, match="HUB_EXACT_DECODE='yes': expected 0 or 1"):
         with_environment(settings, {"HUB_EXACT_DECODE": "yes"})
     with pytest.raises(ValueError, match="compute"):

@@ -18,7 +18,8 @@ LEAVES = {
     "demo.registry": {"adapters"},
     "demo.stream": set(),
     "demo.limits": {"demo.registry", "demo.stream"},
-    "demo.decodeplan": {"demo.registry"},
+    "demo.bf16kernel": set(),
+    "demo.decodeplan": {"demo.registry", "demo.bf16kernel"},
     "demo.loaded": {"adapters", "adapters.quant", "demo.limits", "demo.memory", "demo.params", "demo.registry"},
 }
 
