@@ -168,23 +168,27 @@ def packing_kernel(settings: DecodeSettings, decode_dtype: torch.dtype, device: 
     (demo/bf16kernel.py): there PyTorch's bf16 product costs about as many single rows as it has rows, the
     hub's about 2.4x one row at 4 rows. Its products are within rounding of PyTorch's, so an exact plan
     keeps PyTorch's."""
-    if (device != "cpu" or decode_dtype != torch.bfloat16 or fast_bf16(isa) or settings.exact
-            or not settings.bf16_kernel or not settings.lean):
+    if device != "cpu" or decode_dtype != torch.bfloat16 or fast_bf16(isa) or not _hub_kernel_allowed(settings):
         return "oneDNN", ""
     reason = bf16kernel.unavailable(cpu_flags())
     return ("oneDNN", reason) if reason else ("hub bf16", "")
 
 
+def _hub_kernel_allowed(settings: DecodeSettings) -> bool:
+    return settings.bf16_kernel and settings.lean and not settings.exact
+
+
 def for_throughput(settings: DecodeSettings, rows: int, isa: str | None = None) -> DecodeSettings:
-    """The settings of a job that decodes many requests at once (`batch`): a loop of `rows` rows, and, where
-    `auto` would decode in bf16 on a CPU without fast bf16 kernels, float32 throughout. There a bf16 step
-    costs about as many single steps as it has rows, while a float32 step of 16 rows costs about 3x one row
-    (docs/decoding.md): one float32 row is slower than a bf16 row, sixteen are far faster. The prompts that
-    wait at a step are prefilled in one call. An interactive hub keeps `auto` and prompts prefilled alone,
-    for the single reply's speed and first tokens bitwise a lone prefill's."""
+    """The settings of a job that decodes many requests at once (`batch`): a loop of `rows` rows, and the
+    prompts that wait at a step prefilled in one call. On a CPU without fast bf16 kernels, bf16 steps run on
+    the hub's bf16 kernel, where 16 rows cost about 5x one row; where that kernel cannot serve, `auto` becomes
+    float32 throughout, since PyTorch's bf16 step costs about as many single steps as it has rows, while a
+    float32 step of 16 rows costs about 3x one row (docs/decoding.md). An interactive hub keeps prompts
+    prefilled alone, for first tokens bitwise a lone prefill's."""
     isa = cpu_isa() if isa is None else isa
     update: dict = {"rows": max(settings.rows, rows), "prefill_together": True}
-    if settings.compute == "auto" and not fast_bf16(isa):
+    slow_bf16 = not fast_bf16(isa) and not (_hub_kernel_allowed(settings) and not bf16kernel.unavailable(cpu_flags()))
+    if settings.compute == "auto" and slow_bf16:
         update["compute"] = "float32"
     return settings.model_copy(update=update)
 

@@ -97,8 +97,12 @@ def test_a_batch_job_decodes_for_throughput_where_bf16_batches_are_slow():
     from demo.batchjob import job_entry
     from demo.decodeplan import for_throughput
 
-    slow = for_throughput(DecodeSettings(), 16, isa="AVX2")
+    from demo import bf16kernel
+
+    slow = for_throughput(DecodeSettings(bf16_kernel=False), 16, isa="AVX2")
     assert (slow.compute, slow.rows, slow.prefill_together) == ("float32", 16, True)
+    kernel = for_throughput(DecodeSettings(), 16, isa="AVX2")  # bf16 rows on the hub's kernel, where it builds
+    assert kernel.compute == ("float32" if bf16kernel.unavailable() else "auto")
     fast = for_throughput(DecodeSettings(), 16, isa="AVX512+BF16")
     assert (fast.compute, fast.rows) == ("auto", 16)
     chosen = for_throughput(DecodeSettings(compute="model", rows=32), 16, isa="AVX2")
