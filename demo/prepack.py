@@ -22,7 +22,7 @@ weights, whose packed products differ from `F.linear` by rounding: there a layer
 products are within two rounding steps of `F.linear`'s (`exact=False`).
 
 On a CPU without bf16 kernels a bf16 plan that is not exact runs the same groups through the hub's own
-kernel instead (`HUB_BF16`, demo/bf16kernel.py): the weights stay as they are (no copy, so a tied head
+kernel instead (`HubBf16`, demo/bf16kernel.py): the weights stay as they are (no copy, so a tied head
 is taken too), and the products are within rounding of `F.linear`'s.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ static inline uint16_t f32_to_bf16(float f) {
 }
 
 
-#define PREFETCH 512  // elements ahead of the weight block in use: the next rows arrive while these are summed
+#define PREFETCH 2048  // elements (4 KiB) ahead of the weights in use: the next rows arrive while these are summed
 // 16 bf16 weights as two float32 vectors: elements 0-3, 8-11 and 4-7, 12-15 (unpacking against zero puts
 // each bf16 in the high half of a 32-bit lane); x is widened once into the same order.
 static inline void widen16(const uint16_t *p, __m256 *lo, __m256 *hi) {
