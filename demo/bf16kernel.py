@@ -8,9 +8,10 @@ once per step: on the default model, 30 layers of 4 rows take 30 ms instead of 7
 bitwise; a row gets the same bits in any batch as alone. An exact decode plan does not use it.
 
 It is compiled once per source and compiler flags with the system's C compiler (about a second) into
-`.cache/kernels/` of the checkout and loaded with ctypes; its OpenMP loop runs on PyTorch's own OpenMP runtime
-(the same `libgomp.so.1`), with PyTorch's thread count. Where there is no compiler, no AVX2/FMA, or the build
-fails, `unavailable()` says why and the decode plan keeps PyTorch's kernels.
+`.cache/kernels/` of the checkout and loaded with ctypes. Its OpenMP loop runs on PyTorch's own OpenMP
+runtime (the process loads one `libgomp.so.1`) with PyTorch's thread count, passed in at each call. Where
+there is no compiler, no AVX2/FMA, or the build fails, `unavailable()` says why and the decode plan keeps
+PyTorch's kernels.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // in_features
     y = torch.empty(*x.shape[:-1], out_features, dtype=torch.bfloat16)
     status = _library.hub_bf16_linear(x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
-                                      y.data_ptr(), rows, out_features, in_features)
+                                      y.data_ptr(), rows, out_features, in_features, torch.get_num_threads())
     if status:
         raise RuntimeError(f"bf16 kernel failed (status {status}) for a {tuple(weight.shape)} weight")
     return y
@@ -81,7 +82,7 @@ def _load() -> None:
         log.info("%s; bf16 products run on PyTorch's kernels", _why_not)
         return
     function = library.hub_bf16_linear
-    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3
+    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
     function.restype = ctypes.c_int
     _library = library
 

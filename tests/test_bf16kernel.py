@@ -40,6 +40,19 @@ def test_products_are_within_rounding_of_f_linear_and_a_row_gets_its_bits_in_any
 
 
 @needs_kernel
+def test_the_thread_count_is_pytorchs_and_changes_no_bit():
+    weight = torch.randn(512, 64).to(torch.bfloat16)
+    x = bf16_inputs(5, 64, seed=3)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = bf16kernel.linear(x, weight)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, bf16kernel.linear(x, weight))
+
+
+@needs_kernel
 def test_a_prefill_shaped_input_and_other_dtypes_work():
     weight = torch.randn(64, 32).to(torch.bfloat16)
     x = torch.randn(1, 70, 32).to(torch.bfloat16)
@@ -105,3 +118,11 @@ def test_a_model_runs_on_the_kernel_without_a_copy_and_within_rounding():
         got, want = model(ids).logits, stock(ids).logits
     assert within_rounding(got, want, steps=8, terms=64)
     assert all(plan.rows == decoder.max_batch for plan in decoder.linears.values())  # no row-chunked layer
+
+
+@needs_kernel
+def test_the_kernel_shares_pytorchs_openmp_runtime():
+    """Two OpenMP runtimes in one process would each spin up their own threads on the same cores and slow
+    each other down (bench/bare_llama.py runs llama.cpp apart for that reason)."""
+    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes

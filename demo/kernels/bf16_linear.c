@@ -60,7 +60,9 @@ static void rows_block(int rb, const float *x, const uint16_t *w, float *out, in
     else block_4_2(x, w, out, K, K);
 }
 
-int hub_bf16_linear(const uint16_t *x16, const uint16_t *w, const uint16_t *bias, uint16_t *y, int R, int N, int K) {
+// threads: PyTorch's thread count, passed in (an OpenMP thread count set in one thread is not seen by others)
+int hub_bf16_linear(const uint16_t *x16, const uint16_t *w, const uint16_t *bias, uint16_t *y, int R, int N, int K,
+                    int threads) {
     if (K % 16) return 1;
     float *x = (float *)malloc(sizeof(float) * (size_t)R * K);
     if (!x) return 2;
@@ -68,7 +70,7 @@ int hub_bf16_linear(const uint16_t *x16, const uint16_t *w, const uint16_t *bias
     for (size_t i = 0; i < (size_t)R * K; i += 16) for (int j = 0; j < 16; j++) x[i + j] = bf16_to_f32(x16[i + order[j]]);
     const int step = 4;  // features per task, enough for every block shape
     const int tasks = (N + step - 1) / step;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (int t = 0; t < tasks; t++) {
         int n0 = t * step, n1 = n0 + step < N ? n0 + step : N;
         float out[16];
