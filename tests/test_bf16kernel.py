@@ -1,5 +1,6 @@
 """The hub's bf16 kernel for CPUs without bf16 kernels (demo/bf16kernel.py): within rounding of F.linear, the
 same bits for a row in any batch, a clear reason where it cannot build, and the decode plan that uses it."""
+import json
 import os
 import subprocess
 import sys
@@ -122,7 +123,20 @@ def test_a_model_runs_on_the_kernel_without_a_copy_and_within_rounding():
 
 @needs_kernel
 def test_the_kernel_shares_pytorchs_openmp_runtime():
-    """Two OpenMP runtimes in one process would each spin up their own threads on the same cores and slow
-    each other down (bench/bare_llama.py runs llama.cpp apart for that reason)."""
-    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
-    assert len(runtimes) == 1, runtimes
+    """Loading the kernel adds no OpenMP runtime to a process that has PyTorch's: two would each keep their
+    own threads spinning on the same cores (bench/bare_llama.py runs llama.cpp apart for that reason)."""
+    script = """
+from pathlib import Path
+import torch
+def runtimes():
+    return {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "libgomp" in line}
+before = runtimes()
+from demo import bf16kernel
+assert bf16kernel.unavailable() == ""
+import json
+print(json.dumps([sorted(before), sorted(runtimes())]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after = json.loads(out.stdout)
+    assert after == before and any("torch/lib/libgomp" in path for path in after)
