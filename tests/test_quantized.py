@@ -316,6 +316,7 @@ def test_lora_on_a_base_with_prepacked_weights(fp_folder, lora_folder, plain_ker
 
     def base_and_tuned_logits(packing: bool):
         monkeypatch.setenv("HUB_PREPACK", "1" if packing else "0")
+        monkeypatch.setenv("HUB_BF16_KERNEL", "1" if packing else "0")  # on AVX2 the hub's bf16 kernel packs
         monkeypatch.setenv("HUB_DECODE_COMPUTE", "model")  # bf16 on any CPU: compared with PEFT's bf16 below
         manager = ModelManager(lora_registry(fp_folder, lora_folder, "bfloat16"), 10**10)
         base = manager.get("base")
