@@ -168,14 +168,11 @@ def packing_kernel(settings: DecodeSettings, decode_dtype: torch.dtype, device: 
     (demo/bf16kernel.py): there PyTorch's bf16 product costs about as many single rows as it has rows, the
     hub's about 2.4x one row at 4 rows. Its products are within rounding of PyTorch's, so an exact plan
     keeps PyTorch's."""
-    if device != "cpu" or decode_dtype != torch.bfloat16 or fast_bf16(isa) or not _hub_kernel_allowed(settings):
+    if (device != "cpu" or decode_dtype != torch.bfloat16 or fast_bf16(isa) or not settings.bf16_kernel
+            or not settings.lean or settings.exact):
         return "oneDNN", ""
     reason = bf16kernel.unavailable(cpu_flags())
     return ("oneDNN", reason) if reason else ("hub bf16", "")
-
-
-def _hub_kernel_allowed(settings: DecodeSettings) -> bool:
-    return settings.bf16_kernel and settings.lean and not settings.exact
 
 
 def for_throughput(settings: DecodeSettings, rows: int, isa: str | None = None) -> DecodeSettings:
@@ -187,7 +184,7 @@ def for_throughput(settings: DecodeSettings, rows: int, isa: str | None = None) 
     prefilled alone, for first tokens bitwise a lone prefill's."""
     isa = cpu_isa() if isa is None else isa
     update: dict = {"rows": max(settings.rows, rows), "prefill_together": True}
-    slow_bf16 = not fast_bf16(isa) and not (_hub_kernel_allowed(settings) and not bf16kernel.unavailable(cpu_flags()))
+    slow_bf16 = not fast_bf16(isa) and packing_kernel(settings, torch.bfloat16, "cpu", isa)[0] != "hub bf16"
     if settings.compute == "auto" and slow_bf16:
         update["compute"] = "float32"
     return settings.model_copy(update=update)

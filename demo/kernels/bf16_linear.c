@@ -34,14 +34,14 @@ static inline void widen16(const uint16_t *p, __m256 *lo, __m256 *hi) {
     *hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v));
 }
 #define BLOCK(RB, NB) \
-static void block_##RB##_##NB(const float *x, const uint16_t *w, float *acc_out, int K, int ldx) { \
+static void block_##RB##_##NB(const float *x, const uint16_t *w, float *acc_out, int K) { \
     __m256 acc[RB][NB]; \
     for (int r = 0; r < RB; r++) for (int j = 0; j < NB; j++) acc[r][j] = _mm256_setzero_ps(); \
     for (int k = 0; k < K; k += 16) { \
         __m256 wl[NB], wh[NB]; \
         for (int j = 0; j < NB; j++) { _mm_prefetch((const char *)(w + (size_t)j * K + k + PREFETCH), _MM_HINT_T0); widen16(w + (size_t)j * K + k, &wl[j], &wh[j]); } \
         for (int r = 0; r < RB; r++) { \
-            __m256 xl = _mm256_loadu_ps(x + (size_t)r * ldx + k), xh = _mm256_loadu_ps(x + (size_t)r * ldx + k + 8); \
+            __m256 xl = _mm256_loadu_ps(x + (size_t)r * K + k), xh = _mm256_loadu_ps(x + (size_t)r * K + k + 8); \
             for (int j = 0; j < NB; j++) { acc[r][j] = _mm256_fmadd_ps(xl, wl[j], acc[r][j]); acc[r][j] = _mm256_fmadd_ps(xh, wh[j], acc[r][j]); } \
         } \
     } \
@@ -52,12 +52,12 @@ BLOCK(1, 4) BLOCK(2, 4) BLOCK(3, 2) BLOCK(4, 2) BLOCK(1, 1) BLOCK(2, 1) BLOCK(3,
 static void rows_block(int rb, const float *x, const uint16_t *w, float *out, int K, int nb) {
     // nb: 4 (rb<=2), 2 (rb>2) or 1 (the tail)
     if (nb == 1) {
-        switch (rb) { case 1: block_1_1(x, w, out, K, K); break; case 2: block_2_1(x, w, out, K, K); break;
-                      case 3: block_3_1(x, w, out, K, K); break; default: block_4_1(x, w, out, K, K); }
-    } else if (rb == 1) block_1_4(x, w, out, K, K);
-    else if (rb == 2) block_2_4(x, w, out, K, K);
-    else if (rb == 3) block_3_2(x, w, out, K, K);
-    else block_4_2(x, w, out, K, K);
+        switch (rb) { case 1: block_1_1(x, w, out, K); break; case 2: block_2_1(x, w, out, K); break;
+                      case 3: block_3_1(x, w, out, K); break; default: block_4_1(x, w, out, K); }
+    } else if (rb == 1) block_1_4(x, w, out, K);
+    else if (rb == 2) block_2_4(x, w, out, K);
+    else if (rb == 3) block_3_2(x, w, out, K);
+    else block_4_2(x, w, out, K);
 }
 
 // threads: PyTorch's thread count, passed in (an OpenMP thread count set in one thread is not seen by others)
@@ -76,20 +76,13 @@ int hub_bf16_linear(const uint16_t *x16, const uint16_t *w, const uint16_t *bias
         float out[16];
         for (int r0 = 0; r0 < R; r0 += 4) {
             int rb = R - r0 < 4 ? R - r0 : 4;
-            int nb = rb <= 2 ? 4 : 2;
-            int n = n0;
-            for (; n + nb <= n1; n += nb) {
+            int full = rb <= 2 ? 4 : 2;
+            for (int n = n0, nb; n < n1; n += nb) {
+                nb = n + full <= n1 ? full : 1;  // the features left over at the end go one by one
                 rows_block(rb, x + (size_t)r0 * K, w + (size_t)n * K, out, K, nb);
                 for (int r = 0; r < rb; r++) for (int j = 0; j < nb; j++) {
                     float v = out[r * nb + j] + (bias ? bf16_to_f32(bias[n + j]) : 0.0f);
                     y[(size_t)(r0 + r) * N + n + j] = f32_to_bf16(v);
-                }
-            }
-            for (; n < n1; n++) {
-                rows_block(rb, x + (size_t)r0 * K, w + (size_t)n * K, out, K, 1);
-                for (int r = 0; r < rb; r++) {
-                    float v = out[r] + (bias ? bf16_to_f32(bias[n]) : 0.0f);
-                    y[(size_t)(r0 + r) * N + n] = f32_to_bf16(v);
                 }
             }
         }
